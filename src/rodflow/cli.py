@@ -1,0 +1,213 @@
+"""The ``rodflow`` command line: a thin layer over the Python API."""
+
+from __future__ import annotations
+
+import ast
+import functools
+import os
+from pathlib import Path
+from typing import Any, List, Optional
+
+import typer
+
+from .errors import RodflowError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="GD at the edge of stability, side by side with gradient, central and rod flow.")
+
+
+def command(fn):
+    """Register a command whose bad input ends in one line on stderr and exit status 2, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except RodflowError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from None
+
+    return app.command()(wrapper)
+
+DEMO = dict(problem="sharp-valley", params={}, lr=0.3, steps=1500)
+
+
+def parse_value(text: str) -> Any:
+    """A CLI value: a Python literal (number, list, tuple, True/False/None) or else the string itself."""
+    lowered = text.strip().lower()
+    if lowered in ("true", "false"):
+        return lowered == "true"
+    try:
+        return ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        return text
+
+
+def parse_pairs(items: List[str] | None, what: str) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for item in items or []:
+        if "=" not in item:
+            raise RodflowError(f"{what} {item!r} must look like key=value")
+        key, value = item.split("=", 1)
+        out[key.strip()] = parse_value(value)
+    return out
+
+
+def parse_options(items: List[str] | None) -> dict[str, dict[str, Any]]:
+    out: dict[str, dict[str, Any]] = {}
+    for key, value in parse_pairs(items, "--opt").items():
+        if "." not in key:
+            raise RodflowError(f"--opt {key}=... must name a method: method.option=value, e.g. gradient_flow.rtol=1e-9")
+        method, option = key.split(".", 1)
+        out.setdefault(method, {})[option] = value
+    return out
+
+
+def set_threads(threads: int) -> None:
+    if threads < 1:
+        raise RodflowError(f"--threads must be >= 1, got {threads}")
+    import torch
+
+    torch.set_num_threads(threads)
+    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
+    try:  # BLAS is already loaded: adjust it in place where threadpoolctl is available
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(threads)
+    except ImportError:
+        pass
+
+
+def default_methods() -> str:
+    from . import processes
+
+    order = ("gd", "gradient_flow", "central_flow", "rod_flow")
+    return ",".join(m for m in order if m in processes.REGISTRY)
+
+
+@command
+def run(
+    problem: Optional[str] = typer.Option(None, "--problem", "-p", help="registered problem (see `rodflow problems`)"),
+    param: Optional[List[str]] = typer.Option(None, "--param", help="problem parameter key=value (repeatable)"),
+    lr: Optional[float] = typer.Option(None, help="learning rate η (default: the problem's suggested one)"),
+    steps: int = typer.Option(1000, help="number of GD steps"),
+    methods: str = typer.Option("gd,gradient_flow", help="comma-separated methods (see `rodflow methods`)"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/<problem>)"),
+    resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its checkpoint"),
+    sharpness_every: int = typer.Option(1, help="top Hessian eigenvalues every N steps (0: never)"),
+    neigs: int = typer.Option(1, help="number of top eigenvalues tracked"),
+    dtype: str = typer.Option("float64", help="float64 or float32"),
+    seed: int = typer.Option(0),
+    opt: Optional[List[str]] = typer.Option(None, "--opt", help="method option method.key=value (repeatable)"),
+    iterates: str = typer.Option("full", help="record iterates: full, none, or an integer k (random projection)"),
+    checkpoint_every: Optional[int] = typer.Option(None, help="checkpoint every N steps (default: every 30 s)"),
+    threads: int = typer.Option(1, help="intra-op threads (torch and BLAS)"),
+    progress: bool = typer.Option(True, help="progress bar"),
+    plots: bool = typer.Option(True, help="write plots/ when the run ends"),
+):
+    """Run GD and its models on a problem; write a run directory, plots and a summary table."""
+    set_threads(threads)
+    import rodflow
+
+    if resume is not None:
+        result = rodflow.resume(resume, progress=progress)
+    else:
+        if problem is None:
+            raise RodflowError("give --problem NAME (see `rodflow problems`) or --resume DIR")
+        prob = rodflow.problems.make(problem, dtype=dtype, **parse_pairs(param, "--param"))
+        if lr is None:
+            if prob.suggested_lr is None:
+                raise RodflowError(f"problem {problem!r} has no suggested learning rate; give --lr")
+            lr = prob.suggested_lr
+        record: bool | int
+        if iterates in ("full", "none"):
+            record = iterates == "full"
+        elif iterates.isdigit():
+            record = int(iterates)
+        else:
+            raise RodflowError(f"--iterates must be full, none or an integer, got {iterates!r}")
+        result = rodflow.simulate(
+            prob, lr=lr, steps=steps, methods=methods, sharpness_every=sharpness_every, neigs=neigs,
+            record_iterates=record, dtype=dtype, seed=seed, options=parse_options(opt),
+            out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
+        )
+    _report(result, plots)
+
+
+def _report(result, plots: bool) -> None:
+    from .summary import format_table
+
+    summary = result.summary()
+    summary.to_csv(result.path / "summary.csv", index=False)
+    typer.echo(f"{result.config['problem']['name']}: η = {result.lr:g}, 2/η = {2 / result.lr:g}, "
+               f"{result.config['steps']} steps -> {result.path}")
+    typer.echo(format_table(summary))
+    if plots:
+        from .plotting import plot_run
+
+        for path in plot_run(result):
+            typer.echo(f"plot: {path}")
+
+
+@command
+def problems():
+    """List the registered problems and their parameters."""
+    from . import problems as registry
+
+    for name in registry.names():
+        params = ", ".join(f"{k}={v!r}" for k, v in registry.params(name).items())
+        typer.echo(f"{name:22s} {registry.describe(name)}\n{'':22s} params: {params}")
+
+
+@command
+def methods():
+    """List the processes (GD and the flows) and their options."""
+    from . import processes
+
+    for name in processes.names():
+        doc = (processes.REGISTRY.get(name).__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v!r}" for k, v in processes.options(name).items())
+        typer.echo(f"{name:16s} {doc}\n{'':16s} options: {opts or 'none'}")
+
+
+@command
+def plot(run_dir: Path = typer.Argument(..., help="a run directory")):
+    """(Re)draw the figures of a run directory into its plots/."""
+    import rodflow
+    from .plotting import plot_run
+
+    for path in plot_run(rodflow.load(run_dir)):
+        typer.echo(f"plot: {path}")
+
+
+@command
+def summary(run_dir: Path = typer.Argument(..., help="a run directory")):
+    """Print the summary table of a run directory."""
+    import rodflow
+    from .summary import format_table
+
+    typer.echo(format_table(rodflow.load(run_dir).summary()))
+
+
+@command
+def demo(
+    out: Path = typer.Option(Path("runs/demo"), help="run directory"),
+    threads: int = typer.Option(1, help="intra-op threads"),
+    progress: bool = typer.Option(True, help="progress bar"),
+):
+    """The main job: GD and every model on the sharp-valley toy through the edge of stability."""
+    set_threads(threads)
+    import rodflow
+
+    prob = rodflow.problems.make(DEMO["problem"], **DEMO["params"])
+    result = rodflow.simulate(prob, lr=DEMO["lr"], steps=DEMO["steps"], methods=default_methods(),
+                              out=out, progress=progress)
+    _report(result, plots=True)
+
+
+def main(argv: list[str] | None = None) -> None:
+    app(args=argv, prog_name="rodflow")
+
+
+if __name__ == "__main__":
+    main()

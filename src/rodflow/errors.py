@@ -1,0 +1,7 @@
+"""User-facing errors: one line that says what is wrong and what to do."""
+
+from __future__ import annotations
+
+
+class RodflowError(ValueError):
+    """Bad input or an unusable configuration. The message is a single line meant for the user."""

@@ -1,0 +1,54 @@
+"""The problem registry: ``make(name, **params)`` builds a registered :class:`rodflow.Problem`.
+
+A new problem is one new module here with a ``@register("name")`` factory, plus its import line below.
+A factory takes keyword parameters with defaults (every problem runs with none given) and ``dtype``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..errors import RodflowError
+from ..problem import Problem, resolve_dtype
+from ..registry import Registry, check_params, parameters
+
+REGISTRY: Registry = Registry("problem")
+register = REGISTRY.register
+
+
+def names() -> list[str]:
+    """Names of all registered problems."""
+    return REGISTRY.names()
+
+
+def params(name: str) -> dict[str, Any]:
+    """Parameters of a registered problem and their defaults."""
+    return parameters(REGISTRY.get(name), skip=("dtype",))
+
+
+def describe(name: str) -> str:
+    """First line of a problem's docstring."""
+    doc = (REGISTRY.get(name).__doc__ or "").strip()
+    return doc.splitlines()[0] if doc else ""
+
+
+def make(name: str, dtype: str = "float64", **kwargs: Any) -> Problem:
+    """Build the registered problem ``name`` with parameter overrides ``kwargs``."""
+    factory = REGISTRY.get(name)
+    check_params("problem", name, factory, kwargs, skip=("dtype",))
+    torch_dtype = resolve_dtype(dtype)
+    try:
+        problem = factory(dtype=torch_dtype, **kwargs)
+    except RodflowError:
+        raise
+    except (TypeError, ValueError) as exc:
+        raise RodflowError(f"problem {name!r}: bad parameter ({exc})") from None
+    problem.name = name
+    given = dict(kwargs)
+    problem.params = {**{k: v for k, v in params(name).items()}, **given}
+    problem._rebuild = lambda dt: make(name, dtype=dt, **given)
+    return problem
+
+
+# Built-in problems: one import line per module.
+from . import toys  # noqa: E402,F401

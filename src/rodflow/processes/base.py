@@ -1,0 +1,84 @@
+"""The process interface: GD and every continuous model of it advance in lock-step, one unit of GD time each.
+
+A process is created with a problem and the learning rate, started from ``w0``, and then alternately
+observed and advanced:
+
+    proc = make("gradient_flow", problem, lr, **options)
+    proc.start(w0)                      # time 0
+    obs = proc.observe()                # what is recorded at the current integer time
+    proc.advance()                      # time t -> t + 1
+    ...
+
+``observe()`` returns an :class:`Observation`: ``point`` (the process's estimate of GD's iterate ``w_t``),
+scalars that become metrics columns (``loss``, ``loss_pred``, ...) and per-step arrays that become
+``result.aux[method][key]``. Work done by ``start``/``advance`` counts as the model's cost; work done by
+``observe`` is measurement. ``state_dict``/``load_state_dict`` capture everything needed to continue a
+run bit for bit after a restart.
+"""
+
+from __future__ import annotations
+
+import abc
+import dataclasses
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+from ..problem import Problem
+
+Tensor = torch.Tensor
+
+
+@dataclasses.dataclass
+class Observation:
+    point: Tensor
+    scalars: dict[str, float] = dataclasses.field(default_factory=dict)
+    arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+
+
+class Process(abc.ABC):
+    """Base class of GD and the flows. Subclasses set ``name`` and implement the abstract methods."""
+
+    name: ClassVar[str]
+    #: What ``point`` estimates: "iterate" (w_t) or "midpoint" ((w_t + w_{t+1})/2).
+    estimates: ClassVar[str] = "iterate"
+
+    def __init__(self, problem: Problem, lr: float, **options: Any):
+        self.problem = problem
+        self.lr = float(lr)
+        self.t = 0
+
+    @abc.abstractmethod
+    def start(self, w0: Tensor) -> None:
+        """Set the state at time 0."""
+
+    @abc.abstractmethod
+    def advance(self) -> None:
+        """Advance the state by one unit of GD time (increments ``self.t``)."""
+
+    @abc.abstractmethod
+    def point(self) -> Tensor:
+        """The current estimate of GD's iterate at time ``self.t``."""
+
+    def observe(self) -> Observation:
+        """Loss and gradient norm at the point; subclasses add their own scalars and arrays."""
+        w = self.point()
+        loss, g = self.problem.loss_grad(w)
+        loss = float(loss)
+        return Observation(w, {"loss": loss, "loss_pred": loss, "grad_norm": float(g.norm())})
+
+    @abc.abstractmethod
+    def state_dict(self) -> dict[str, Any]:
+        """NumPy arrays and Python scalars from which ``load_state_dict`` restores the exact state."""
+
+    @abc.abstractmethod
+    def load_state_dict(self, state: dict[str, Any]) -> None: ...
+
+
+def as_numpy(x: Tensor) -> np.ndarray:
+    return x.detach().cpu().numpy().copy()
+
+
+def as_tensor(x, dtype: torch.dtype) -> Tensor:
+    return torch.as_tensor(np.asarray(x)).to(dtype)

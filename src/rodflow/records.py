@@ -1,0 +1,192 @@
+"""Run results in memory (`Result`) and on disk (the run directory).
+
+A run directory holds:
+
+    config.json          everything needed to re-run (and resume) the run, versions, git commit
+    metrics.parquet      one row per (method, step); written when the run ends
+    metrics.jsonl        the same rows, appended and flushed as each step completes (a killed run keeps them)
+    arrays/<method>/<key>.npy   per-step arrays, row t = step t (``iterate``, ``midpoint``, ``eigs``, ...)
+    status.json          per-method status (``ok``, ``diverged at step N (...)``, ``failed at step N: ...``)
+    checkpoint.npz       process states at the last checkpoint, for ``--resume``
+    plots/               figures
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .errors import RodflowError
+
+ITERATE = "iterate"
+
+
+@dataclasses.dataclass
+class Result:
+    """What ``rodflow.simulate`` returns.
+
+    ``metrics`` is a DataFrame with one row per (method, step); ``iterates[method]`` is an array
+    (steps + 1, d) of the method's estimate of GD's iterate at each integer time (NaN after a process
+    stopped); ``aux[method]`` holds the further per-step arrays; ``status[method]`` says how it ended.
+    """
+
+    metrics: pd.DataFrame
+    iterates: dict[str, np.ndarray]
+    aux: dict[str, dict[str, np.ndarray]]
+    config: dict[str, Any]
+    status: dict[str, str]
+    path: Path | None = None
+
+    @property
+    def methods(self) -> list[str]:
+        return list(self.config["methods"])
+
+    @property
+    def lr(self) -> float:
+        return float(self.config["lr"])
+
+    def method(self, name: str) -> pd.DataFrame:
+        """The metrics rows of one method, indexed by step."""
+        return self.metrics[self.metrics["method"] == name].set_index("step")
+
+    def summary(self) -> pd.DataFrame:
+        from .summary import summarize
+
+        return summarize(self)
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write this result as a run directory (see the module docstring) and return its path."""
+        path = Path(path)
+        (path / "arrays").mkdir(parents=True, exist_ok=True)
+        write_json(path / "config.json", self.config)
+        write_parquet(path / "metrics.parquet", self.metrics)
+        for method in self.methods:
+            folder = path / "arrays" / method
+            folder.mkdir(parents=True, exist_ok=True)
+            arrays = dict(self.aux.get(method, {}))
+            if method in self.iterates:
+                arrays[ITERATE] = self.iterates[method]
+            for key, arr in arrays.items():
+                target = folder / f"{key}.npy"
+                if isinstance(arr, np.memmap) and Path(arr.filename).resolve() == target.resolve():
+                    arr.flush()
+                    continue
+                tmp = target.with_suffix(".tmp.npy")
+                np.save(tmp, np.asarray(arr))
+                os.replace(tmp, target)
+        write_json(path / "status.json", {"complete": True, "status": self.status})
+        self.path = path
+        return path
+
+
+def load(path: str | os.PathLike) -> Result:
+    """Read a run directory (finished, or killed part-way: then every completed step is there)."""
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RodflowError(f"{path} is not a rodflow run directory (no config.json)")
+    config = json.loads((path / "config.json").read_text())
+    if (path / "metrics.parquet").is_file():
+        metrics = pd.read_parquet(path / "metrics.parquet")
+    else:
+        metrics = read_jsonl(path / "metrics.jsonl")
+    status = {}
+    if (path / "status.json").is_file():
+        status = json.loads((path / "status.json").read_text())["status"]
+    iterates, aux = {}, {}
+    for method in config["methods"]:
+        folder = path / "arrays" / method
+        arrays = {p.stem: np.load(p) for p in sorted(folder.glob("*.npy")) if not p.name.endswith(".tmp.npy")}
+        if ITERATE in arrays:
+            iterates[method] = arrays.pop(ITERATE)
+        aux[method] = arrays
+    return Result(metrics, iterates, aux, config, status, path)
+
+
+def read_jsonl(path: Path) -> pd.DataFrame:
+    rows = []
+    if path.is_file():
+        with open(path) as fh:
+            for line in fh:
+                line = line.strip()
+                if not line:
+                    continue
+                try:
+                    rows.append(json.loads(line))
+                except json.JSONDecodeError:  # a line cut by a kill: everything before it is whole
+                    break
+    return metrics_frame(rows)
+
+
+def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
+    frame = pd.DataFrame(rows)
+    if frame.empty:
+        return pd.DataFrame({"method": pd.Series(dtype=str), "step": pd.Series(dtype="int64")})
+    frame["step"] = frame["step"].astype("int64")
+    return frame.sort_values(["method", "step"], kind="stable").reset_index(drop=True)
+
+
+def write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+
+
+def _json_default(obj: Any):
+    if isinstance(obj, (np.integer,)):
+        return int(obj)
+    if isinstance(obj, (np.floating,)):
+        return float(obj)
+    if isinstance(obj, (np.ndarray, tuple)):
+        return list(obj)
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot write {type(obj).__name__} to JSON")
+
+
+def jsonable(obj: Any) -> Any:
+    """obj with tuples and NumPy values turned into JSON types (so config round-trips exactly)."""
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def environment() -> dict[str, Any]:
+    import platform
+
+    import torch
+
+    from . import __version__
+
+    info = {
+        "rodflow": __version__,
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "pandas": pd.__version__,
+        "platform": platform.platform(),
+    }
+    try:
+        here = Path(__file__).resolve().parent
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=here, capture_output=True, text=True, timeout=5
+        )
+        if commit.returncode == 0:
+            info["git_commit"] = commit.stdout.strip()
+            dirty = subprocess.run(
+                ["git", "status", "--porcelain"], cwd=here, capture_output=True, text=True, timeout=5
+            )
+            info["git_dirty"] = bool(dirty.stdout.strip())
+    except (OSError, subprocess.SubprocessError):
+        pass
+    return info

@@ -1,0 +1,458 @@
+"""`simulate`: run GD and its continuous models in lock-step from one start, and record everything.
+
+Data flow of one run: the problem is cast to the run's dtype; every method's process starts at ``w0``;
+then for t = 0..steps each active process is observed (loss, point, its own scalars and arrays), measured
+(distance to GD at the same step, top Hessian eigenvalues every ``sharpness_every`` steps, warm-started per
+method), recorded (a metrics row and a row of each per-step array), checked for divergence, and advanced one
+unit of GD time. With ``out``, rows reach the run directory as each step completes and process states are
+checkpointed so ``resume`` continues to the same result.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+
+from . import processes, problems
+from .errors import RodflowError
+from .linalg.eigs import SharpnessTracker
+from .problem import Problem, dtype_name, resolve_dtype
+from .records import (
+    ITERATE,
+    Result,
+    environment,
+    jsonable,
+    metrics_frame,
+    read_jsonl,
+    write_json,
+    write_parquet,
+)
+
+DEFAULT_METHODS = ("gd", "gradient_flow")
+
+
+def simulate(
+    problem: Problem,
+    lr: float,
+    steps: int,
+    methods: Sequence[str] = DEFAULT_METHODS,
+    sharpness_every: int = 1,
+    neigs: int = 1,
+    record_iterates: bool | int = True,
+    dtype: str = "float64",
+    seed: int = 0,
+    options: dict[str, dict[str, Any]] | None = None,
+    out: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    checkpoint_seconds: float = 30.0,
+    progress: bool | None = None,
+    eig_tol: float | None = None,
+    diverge_factor: float = 1e8,
+) -> Result:
+    """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
+
+    ``sharpness_every=N`` computes the top ``neigs`` Hessian eigenvalues at every method's point every N
+    steps (0: never). ``record_iterates`` is True (full iterates), False (none) or an integer k (a fixed
+    Gaussian random projection to k dimensions, for large models; distances to GD are always exact).
+    ``options`` maps a method to its options (``rodflow.processes.options(name)`` lists them). With ``out``,
+    a run directory is written as the run goes (see ``rodflow.records``). ``progress=None`` shows a bar
+    when stderr is a terminal.
+    """
+    torch_dtype = resolve_dtype(dtype)
+    config = make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates,
+                         dtype_name(torch_dtype), seed, options, checkpoint_every, checkpoint_seconds,
+                         eig_tol, diverge_factor)
+    problem = problem.to(torch_dtype)
+    run = _Run(problem, config, Path(out) if out is not None else None)
+    return run.execute(progress)
+
+
+def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bool | None = None) -> Result:
+    """Continue the run in ``path`` from its last checkpoint; it ends exactly as an uninterrupted run.
+
+    Registered problems are rebuilt from ``config.json``; a custom problem must be passed again.
+    """
+    path = Path(path)
+    if not (path / "config.json").is_file():
+        raise RodflowError(f"{path} is not a rodflow run directory (no config.json); check the path")
+    config = json.loads((path / "config.json").read_text())
+    if problem is None:
+        spec = config["problem"]
+        if not spec.get("registered"):
+            raise RodflowError(
+                f"run {path} used the custom problem {spec['name']!r}: pass it again, rodflow.resume(path, problem=...)"
+            )
+        problem = problems.make(spec["name"], **spec["params"])
+    problem = problem.to(config["dtype"])
+    if problem.d != config["problem"]["d"]:
+        raise RodflowError(f"the problem has {problem.d} parameters but the run has {config['problem']['d']}")
+    run = _Run(problem, config, path, resuming=True)
+    return run.execute(progress)
+
+
+def make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates, dtype, seed, options,
+                checkpoint_every, checkpoint_seconds, eig_tol, diverge_factor) -> dict[str, Any]:
+    if not isinstance(problem, Problem):
+        raise RodflowError(
+            f"problem must be a rodflow.Problem (rodflow.problems.make or Problem.from_loss), got {type(problem).__name__}"
+        )
+    lr = _positive_float("lr", lr)
+    steps = _count("steps", steps, minimum=0)
+    if isinstance(methods, str):
+        methods = [m.strip() for m in methods.split(",") if m.strip()]
+    methods = list(methods)
+    if not methods:
+        raise RodflowError("methods is empty; choose from: " + ", ".join(processes.names()))
+    for m in methods:
+        processes.REGISTRY.get(m)
+    if len(set(methods)) != len(methods):
+        raise RodflowError(f"methods lists a method twice: {', '.join(methods)}")
+    if "gd" in methods:  # GD first: the flows are compared with it at every step
+        methods = ["gd"] + [m for m in methods if m != "gd"]
+    sharpness_every = _count("sharpness_every", sharpness_every, minimum=0)
+    neigs = _count("neigs", neigs, minimum=1)
+    if not isinstance(record_iterates, bool):
+        record_iterates = _count("record_iterates", record_iterates, minimum=1)
+    options = dict(options or {})
+    for m, opts in options.items():
+        if m not in methods:
+            raise RodflowError(f"options given for {m!r}, which is not among the methods {', '.join(methods)}")
+        processes.make(m, problem, lr, **opts)  # validates option names and values
+    if checkpoint_every is not None:
+        checkpoint_every = _count("checkpoint_every", checkpoint_every, minimum=1)
+    if eig_tol is not None:
+        eig_tol = _positive_float("eig_tol", eig_tol)
+    diverge_factor = _positive_float("diverge_factor", diverge_factor)
+    from . import problems as registry
+
+    registered = problem.name in registry.names() and problem._rebuild is not None
+    return jsonable({
+        "problem": {"name": problem.name, "params": problem.params, "d": problem.d, "registered": registered},
+        "lr": lr, "steps": steps, "methods": methods, "sharpness_every": sharpness_every, "neigs": neigs,
+        "record_iterates": record_iterates, "dtype": dtype, "seed": int(seed), "options": options,
+        "checkpoint_every": checkpoint_every, "checkpoint_seconds": float(checkpoint_seconds),
+        "eig_tol": eig_tol, "diverge_factor": diverge_factor, "environment": environment(),
+    })
+
+
+def _positive_float(name: str, value) -> float:
+    if isinstance(value, bool):
+        raise RodflowError(f"{name} must be a positive number, got {value!r}")
+    try:
+        x = float(value)
+    except (TypeError, ValueError):
+        raise RodflowError(f"{name} must be a positive number, got {value!r}") from None
+    if not math.isfinite(x) or x <= 0:
+        raise RodflowError(f"{name} must be a positive finite number, got {value!r}")
+    return x
+
+
+def _count(name: str, value, minimum: int) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and not (
+        isinstance(value, float) and value.is_integer()
+    ):
+        raise RodflowError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    if int(value) < minimum:
+        raise RodflowError(f"{name} must be an integer >= {minimum}, got {value!r}")
+    return int(value)
+
+
+class _Run:
+    """One run: processes, measurements, buffers and (optionally) the run directory."""
+
+    def __init__(self, problem: Problem, config: dict[str, Any], out: Path | None, resuming: bool = False):
+        self.problem = problem
+        self.config = config
+        self.out = out
+        self.methods: list[str] = config["methods"]
+        self.steps: int = config["steps"]
+        self.procs = {
+            m: processes.make(m, problem, config["lr"], **config["options"].get(m, {})) for m in self.methods
+        }
+        self.trackers = {
+            m: SharpnessTracker(problem, config["neigs"], config["eig_tol"], seed=config["seed"] * 7919 + i)
+            for i, m in enumerate(self.methods)
+        }
+        self.status = {m: "ok" for m in self.methods}
+        self.active = {m: True for m in self.methods}
+        self.scale: dict[str, tuple[float, float]] = {}
+        self.arrays: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
+        self.rows: list[dict[str, Any]] = []
+        self._cost: dict[str, tuple[Any, float]] = {}
+        self.projection = self._projection()
+        self.next_step = 0
+        self.jsonl = None
+        self.last_checkpoint = time.monotonic()
+        if out is not None:
+            out.mkdir(parents=True, exist_ok=True)
+            if resuming:
+                self._load_checkpoint()
+            else:
+                for stale in ("metrics.parquet", "metrics.jsonl", "checkpoint.npz", "status.json"):
+                    (out / stale).unlink(missing_ok=True)
+                write_json(out / "config.json", config)
+            self.jsonl = open(out / "metrics.jsonl", "a", buffering=1)
+
+    # ---------------------------------------------------------------------------------------------- loop
+    def execute(self, progress: bool | None) -> Result:
+        from tqdm.auto import tqdm
+
+        w0 = self.problem.w0
+        bar = None
+        if progress is not False:
+            bar = tqdm(total=self.steps + 1, initial=self.next_step, disable=False if progress else None,
+                       desc=self.problem.name, unit="step", leave=False)
+        try:
+            if self.next_step == 0:
+                for m in self.methods:
+                    self._guarded(m, 0, lambda p=self.procs[m]: p.start(w0))
+                self._record_all(0)
+                self.next_step = 1
+                if bar:
+                    bar.update(1)
+            for t in range(self.next_step, self.steps + 1):
+                for m in self.methods:
+                    if self.active[m]:
+                        self._guarded(m, t, self.procs[m].advance)
+                self._record_all(t)
+                self.next_step = t + 1
+                if bar:
+                    bar.update(1)
+                self._maybe_checkpoint(t)
+        finally:
+            if bar:
+                bar.close()
+        return self._finish()
+
+    def _guarded(self, m: str, t: int, fn) -> None:
+        """Run one process call; a failure stops that process only, with the reason recorded."""
+        start = time.perf_counter()
+        try:
+            with self.problem.counting() as spent:
+                fn()
+        except (RuntimeError, ValueError, ArithmeticError, torch.linalg.LinAlgError) as exc:
+            self.active[m] = False
+            self.status[m] = f"failed at step {t}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            return
+        self._cost[m] = (spent, time.perf_counter() - start)
+
+    def _record_all(self, t: int) -> None:
+        gd_point = gd_mid = None
+        for m in self.methods:
+            if not self.active[m]:
+                continue
+            row = self._record(m, t, gd_point, gd_mid)
+            if m == "gd" and row is not None:
+                gd_point, gd_mid = self.procs["gd"].point(), self.procs["gd"].midpoint()
+            if m == "gd" and not self.active["gd"]:
+                gd_point = gd_mid = None
+
+    def _record(self, m: str, t: int, gd_point, gd_mid):
+        proc = self.procs[m]
+        spent, dyn_wall = self._cost.pop(m)
+        start = time.perf_counter()
+        with self.problem.counting() as measured:
+            obs = proc.observe()
+        p = obs.point
+        row: dict[str, Any] = {"method": m, "step": t}
+        row.update(obs.scalars)
+        row["dist_gd"] = float((p - gd_point).norm()) if gd_point is not None else (0.0 if m == "gd" else math.nan)
+        row["dist_gd_mid"] = float((p - gd_mid).norm()) if gd_mid is not None else math.nan
+        if m == "gd":
+            row["dist_gd_mid"] = float((p - proc.midpoint()).norm())
+        diverged = self._diverged(m, t, row["loss"], p)
+        every = self.config["sharpness_every"]
+        k = self.config["neigs"]
+        eigs = np.full(k, np.nan)
+        row["sharpness"] = math.nan
+        if every and t % every == 0 and not diverged:
+            s0 = time.perf_counter()
+            res = self.trackers[m](p)
+            eigs[: res.values.numel()] = res.values.cpu().numpy()
+            row["sharpness"] = float(eigs[0])
+            row["sharpness_hvps"] = res.hvps
+            row["eig_converged"] = float(res.converged)
+            row["sharpness_wall_s"] = time.perf_counter() - s0
+        if k > 1:
+            for i in range(k):
+                row[f"eig_{i + 1}"] = float(eigs[i])
+        row["grad_evals"] = spent.grad_evals
+        row["hvps"] = spent.hvps
+        row["d3"] = spent.d3
+        row["wall_s"] = dyn_wall + (time.perf_counter() - start) - row.get("sharpness_wall_s", 0.0)
+        arrays = dict(obs.arrays)
+        if self.config["record_iterates"] is not False:
+            arrays[ITERATE] = p.detach().cpu().numpy()
+        if every:
+            arrays["eigs"] = eigs
+        self._store(m, t, arrays)
+        self.rows.append(row)
+        if self.jsonl is not None:
+            self.jsonl.write(json.dumps(row) + "\n")
+        if diverged:
+            self.active[m] = False
+            self.status[m] = diverged
+        return row
+
+    def _diverged(self, m: str, t: int, loss: float, p: torch.Tensor) -> str | None:
+        norm = float(p.norm())
+        if t == 0 or m not in self.scale:
+            self.scale[m] = (max(1.0, abs(loss)) if math.isfinite(loss) else 1.0, max(1.0, norm))
+        loss_scale, w_scale = self.scale[m]
+        factor = self.config["diverge_factor"]
+        if not math.isfinite(loss) or not math.isfinite(norm):
+            return f"diverged at step {t} (non-finite {'loss' if not math.isfinite(loss) else 'parameters'})"
+        if abs(loss) > factor * loss_scale:
+            return f"diverged at step {t} (|loss| {abs(loss):.3g} > {factor:g} x initial)"
+        if norm > factor * w_scale:
+            return f"diverged at step {t} (‖w‖ {norm:.3g} > {factor:g} x initial)"
+        return None
+
+    # ------------------------------------------------------------------------------------------ storage
+    def _projection(self) -> np.ndarray | None:
+        k = self.config["record_iterates"]
+        if isinstance(k, bool):
+            return None
+        rng = np.random.default_rng(self.config["seed"] + 12345)
+        return (rng.standard_normal((k, self.problem.d)) / math.sqrt(k)).astype(np.float32)
+
+    def _store(self, m: str, t: int, arrays: dict[str, np.ndarray]) -> None:
+        d = self.problem.d
+        for key, value in arrays.items():
+            value = np.asarray(value)
+            if value.shape == (d,) and d > 1:  # parameter-space arrays follow record_iterates
+                if self.config["record_iterates"] is False:
+                    continue
+                if self.projection is not None:
+                    value = self.projection @ value.astype(np.float32)
+            store = self.arrays[m].get(key)
+            if store is None:
+                store = self._allocate(m, key, value)
+            store[t] = value
+
+    def _allocate(self, m: str, key: str, value: np.ndarray) -> np.ndarray:
+        shape = (self.steps + 1, *value.shape)
+        dtype = np.result_type(value.dtype, np.float32) if value.dtype.kind in "fc" else np.float64
+        if self.out is not None:
+            folder = self.out / "arrays" / m
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{key}.npy"
+            if target.exists():
+                store = np.load(target, mmap_mode="r+")
+            else:
+                store = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+                store[:] = np.nan
+        else:
+            store = np.full(shape, np.nan, dtype=dtype)
+        self.arrays[m][key] = store
+        return store
+
+    # -------------------------------------------------------------------------------------- checkpoints
+    def _maybe_checkpoint(self, t: int) -> None:
+        if self.out is None or t == self.steps:
+            return
+        every = self.config["checkpoint_every"]
+        due = (t % every == 0) if every else time.monotonic() - self.last_checkpoint >= self.config["checkpoint_seconds"]
+        if due:
+            self._checkpoint(t)
+
+    def _checkpoint(self, t: int) -> None:
+        for arrays in self.arrays.values():
+            for arr in arrays.values():
+                if isinstance(arr, np.memmap):
+                    arr.flush()
+        self.jsonl.flush()
+        os.fsync(self.jsonl.fileno())
+        blobs: dict[str, np.ndarray] = {}
+        meta: dict[str, Any] = {"step": t, "status": self.status, "active": self.active,
+                                "scale": self.scale, "scalars": {}}
+        for m in self.methods:
+            for prefix, state in (("proc", self.procs[m].state_dict() if self.active[m] else {}),
+                                  ("eig", self.trackers[m].state_dict())):
+                for key, value in state.items():
+                    name = f"{m}/{prefix}/{key}"
+                    if isinstance(value, np.ndarray):
+                        blobs[name] = value
+                    else:
+                        meta["scalars"][name] = value
+        blobs["__meta__"] = np.array(json.dumps(meta))
+        tmp = self.out / "checkpoint.tmp.npz"
+        with open(tmp, "wb") as fh:
+            np.savez(fh, **blobs)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, self.out / "checkpoint.npz")
+        write_json(self.out / "status.json", {"complete": False, "last_checkpoint": t, "status": self.status})
+        self.last_checkpoint = time.monotonic()
+
+    def _load_checkpoint(self) -> None:
+        path = self.out / "checkpoint.npz"
+        status_path = self.out / "status.json"
+        if status_path.is_file() and json.loads(status_path.read_text()).get("complete"):
+            self.next_step = self.steps + 1  # already finished: _finish reloads it
+            self.rows = read_jsonl(self.out / "metrics.jsonl").to_dict("records")
+            for m in self.methods:
+                for p in (self.out / "arrays" / m).glob("*.npy"):
+                    self.arrays[m][p.stem] = np.load(p, mmap_mode="r+")
+            self.status = json.loads(status_path.read_text())["status"]
+            return
+        if not path.is_file():
+            return  # killed before the first checkpoint: start over
+        with np.load(path) as data:
+            blobs = {k: data[k] for k in data.files}
+        meta = json.loads(str(blobs.pop("__meta__")))
+        t = int(meta["step"])
+        self.status, self.active = meta["status"], meta["active"]
+        self.scale = {m: tuple(v) for m, v in meta["scale"].items()}
+        states: dict[tuple[str, str], dict[str, Any]] = {}
+        for name, value in list(blobs.items()) + list(meta["scalars"].items()):
+            m, prefix, key = name.split("/", 2)
+            states.setdefault((m, prefix), {})[key] = value
+        for m in self.methods:
+            if self.active[m]:
+                self.procs[m].load_state_dict(states.get((m, "proc"), {}))
+            self.trackers[m].load_state_dict(states.get((m, "eig"), {}))
+        rows = [r for r in read_jsonl(self.out / "metrics.jsonl").to_dict("records") if r["step"] <= t]
+        self.rows = rows
+        tmp = self.out / "metrics.jsonl.tmp"
+        with open(tmp, "w") as fh:
+            for r in rows:
+                fh.write(json.dumps(_clean(r)) + "\n")
+        os.replace(tmp, self.out / "metrics.jsonl")
+        for m in self.methods:
+            for p in (self.out / "arrays" / m).glob("*.npy"):
+                if not p.name.endswith(".tmp.npy"):
+                    self.arrays[m][p.stem] = np.load(p, mmap_mode="r+")
+        self.next_step = t + 1
+
+    # ------------------------------------------------------------------------------------------- finish
+    def _finish(self) -> Result:
+        metrics = metrics_frame([_clean(r) for r in self.rows])
+        iterates = {m: self.arrays[m][ITERATE] for m in self.methods if ITERATE in self.arrays[m]}
+        aux = {m: {k: v for k, v in self.arrays[m].items() if k != ITERATE} for m in self.methods}
+        result = Result(metrics, iterates, aux, self.config, dict(self.status), self.out)
+        if self.out is not None:
+            if self.jsonl is not None:
+                self.jsonl.close()
+            for arrays in self.arrays.values():
+                for arr in arrays.values():
+                    if isinstance(arr, np.memmap):
+                        arr.flush()
+            write_parquet(self.out / "metrics.parquet", metrics)
+            write_json(self.out / "status.json", {"complete": True, "status": self.status})
+        return result
+
+
+def _clean(row: dict[str, Any]) -> dict[str, Any]:
+    """Drop the NaN fillers pandas adds for columns a row never had (so JSONL rows stay as written)."""
+    return {k: v for k, v in row.items() if not (isinstance(v, float) and math.isnan(v) and k not in _ALWAYS)}
+
+
+_ALWAYS = {"loss", "loss_pred", "grad_norm", "sharpness", "dist_gd", "dist_gd_mid"}

@@ -1,0 +1,70 @@
+"""The per-method summary table: accuracy against GD and cost."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from . import processes
+
+
+def gd_loss_two_step(result) -> pd.Series | None:
+    """GD's loss averaged over two consecutive steps, ½(L_t + L_{t+1}), indexed by t."""
+    if "gd" not in result.methods:
+        return None
+    loss = result.method("gd")["loss"]
+    return 0.5 * (loss + loss.shift(-1))
+
+
+def summarize(result) -> pd.DataFrame:
+    """One row per method: status, final loss and sharpness, distance to GD, loss-prediction error, cost.
+
+    Distances compare a method's point with what it estimates: GD's iterate w_t for GD-iterate models
+    (gradient flow, central flow), GD's midpoint (w_t + w_{t+1})/2 for midpoint models (the rod centre).
+    ``loss_pred_err`` is Σ_t |pred_t − L̄_t| / Σ_t |L̄_t|, the error of the method's predicted loss against
+    GD's loss averaged over two steps L̄_t (a ratio of sums, so steps where the loss is ~0 do not dominate).
+    """
+    smooth = gd_loss_two_step(result)
+    rows = []
+    for m in result.methods:
+        df = result.method(m)
+        if df.empty:
+            rows.append({"method": m, "status": result.status.get(m, "")})
+            continue
+        estimates = processes.REGISTRY.get(m).estimates if m in processes.REGISTRY else "iterate"
+        dist = df["dist_gd_mid" if estimates == "midpoint" else "dist_gd"]
+        row = {
+            "method": m,
+            "status": result.status.get(m, ""),
+            "steps": int(df.index.max()),
+            "final_loss": float(df["loss"].iloc[-1]),
+            "final_sharpness": _last(df.get("sharpness")),
+            "compared_to": "midpoint" if estimates == "midpoint" else "iterate",
+            "dist_mean": float(dist.mean()) if dist.notna().any() else np.nan,
+            "dist_max": float(dist.max()) if dist.notna().any() else np.nan,
+            "dist_final": float(dist.iloc[-1]),
+        }
+        if smooth is not None and "loss_pred" in df:
+            both = pd.concat([df["loss_pred"], smooth], axis=1, keys=["pred", "gd"]).dropna()
+            scale = both["gd"].abs().sum()
+            row["loss_pred_err"] = float((both["pred"] - both["gd"]).abs().sum() / scale) if scale > 0 else np.nan
+        for col in ("grad_evals", "hvps", "d3", "sharpness_hvps"):
+            if col in df:
+                row[col] = int(df[col].fillna(0).sum())
+        row["grad_evals_per_step"] = row.get("grad_evals", 0) / max(1, row["steps"])
+        row["wall_s"] = float(df["wall_s"].sum())
+        rows.append(row)
+    return pd.DataFrame(rows)
+
+
+def _last(series) -> float:
+    if series is None:
+        return np.nan
+    s = series.dropna()
+    return float(s.iloc[-1]) if len(s) else np.nan
+
+
+def format_table(frame: pd.DataFrame) -> str:
+    cols = [c for c in ("method", "status", "final_loss", "final_sharpness", "compared_to", "dist_mean",
+                        "dist_max", "loss_pred_err", "grad_evals_per_step", "hvps", "wall_s") if c in frame]
+    return frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
