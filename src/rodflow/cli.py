@@ -209,5 +209,11 @@ def main(argv: list[str] | None = None) -> None:
     app(args=argv, prog_name="rodflow")
 
 
+# Command groups in rodflow/commands/ (theory, gfs, compare, sweep, ...) register themselves on `app`.
+from .commands import load_all as _load_commands  # noqa: E402
+
+_load_commands()
+
+
 if __name__ == "__main__":
     main()

@@ -1,0 +1,12 @@
+"""Further CLI command groups, one module each: a module here registers its commands on ``rodflow.cli.app``
+with ``@command`` and is imported automatically (no list to edit)."""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+
+
+def load_all() -> None:
+    for info in sorted(pkgutil.iter_modules(__path__), key=lambda i: i.name):
+        importlib.import_module(f"{__name__}.{info.name}")
