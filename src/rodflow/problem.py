@@ -231,9 +231,13 @@ class Problem:
             x = w.detach().requires_grad_(True)
             with torch.enable_grad():
                 (g,) = torch.autograd.grad(f(x), x, create_graph=True)
-                (hv,) = torch.autograd.grad(g @ v, x, create_graph=True)
+                if not g.requires_grad:  # loss linear in w
+                    continue
+                (hv,) = torch.autograd.grad(g @ v, x, create_graph=True, allow_unused=True)
+                if hv is None or not hv.requires_grad:  # loss quadratic in w
+                    continue
                 (t,) = torch.autograd.grad(hv @ u, x, allow_unused=True)
-            if t is not None:  # None when the loss is quadratic in w
+            if t is not None:
                 out += t
         return out
 
@@ -266,6 +270,8 @@ def _hvp_block(f: LossFn, w: Tensor, V: Tensor, method: str) -> Tensor:
         x = w.detach().requires_grad_(True)
         with torch.enable_grad():
             (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+            if not g.requires_grad:  # loss linear in w: zero Hessian
+                return torch.zeros_like(V)
             cols = []
             for j in range(V.shape[1]):
                 (hv,) = torch.autograd.grad(g, x, V[:, j], retain_graph=j < V.shape[1] - 1, allow_unused=True)

@@ -1,0 +1,143 @@
+"""Problems: derivatives against finite differences, chunking, HVP paths, input validation."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+import rodflow
+from rodflow import Problem, RodflowError, problems
+
+TOL_FD = 1e-6
+
+
+def fd_grad(problem, w, h=1e-6):
+    out = torch.zeros_like(w)
+    for i in range(w.numel()):
+        e = torch.zeros_like(w)
+        e[i] = h
+        out[i] = (problem.loss(w + e) - problem.loss(w - e)) / (2 * h)
+    return out
+
+
+def random_point(problem, scale=0.3, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return problem.w0 + scale * torch.randn(problem.d, dtype=problem.dtype, generator=g)
+
+
+def tiny_mlp(n=40, chunk=None):
+    g = torch.Generator().manual_seed(1)
+    X = torch.randn(n, 3, dtype=torch.float64, generator=g)
+    Y = torch.randn(n, dtype=torch.float64, generator=g)
+    sizes = [(3, 5), (5, 1)]
+    d = sum(a * b + b for a, b in sizes)
+
+    def forward(w, x):
+        W1 = w[:15].view(3, 5)
+        b1 = w[15:20]
+        W2 = w[20:25].view(5, 1)
+        return (torch.tanh(x @ W1 + b1) @ W2)[:, 0] + w[25]
+
+    w0 = 0.5 * torch.randn(d, dtype=torch.float64, generator=g)
+    if chunk is None:
+        return Problem.from_loss(lambda w: 0.5 * ((forward(w, X) - Y) ** 2).mean(), w0, name="mlp")
+    return Problem.from_data(lambda w, x, y: 0.5 * (forward(w, x) - y) ** 2, (X, Y), w0, chunk_size=chunk)
+
+
+ALL = [(name, lambda name=name: problems.make(name)) for name in problems.names()] + [("mlp", tiny_mlp)]
+
+
+@pytest.mark.parametrize("name,build", ALL, ids=[a for a, _ in ALL])
+def test_derivatives_match_finite_differences(name, build):
+    problem = build()
+    w = random_point(problem, scale=0.2)
+    loss, g = problem.loss_grad(w)
+    assert torch.allclose(loss, problem.loss(w))
+    fd = fd_grad(problem, w)
+    assert float((g - fd).norm()) <= TOL_FD * max(1.0, float(fd.norm()))
+    gen = torch.Generator().manual_seed(3)
+    u = torch.randn(problem.d, dtype=problem.dtype, generator=gen)
+    v = torch.randn(problem.d, dtype=problem.dtype, generator=gen)
+    h = 1e-5
+    hv = problem.hvp(w, v)
+    hv_fd = (problem.grad(w + h * v) - problem.grad(w - h * v)) / (2 * h)
+    assert float((hv - hv_fd).norm()) <= 1e-6 * max(1.0, float(hv_fd.norm()))
+    t = problem.third(w, u, v)
+    t_fd = (problem.hvp(w + h * u, v) - problem.hvp(w - h * u, v)) / (2 * h)  # ∇(uᵀHv) = D³L[u, v] by symmetry
+    assert float((t - t_fd).norm()) <= 1e-6 * max(1.0, float(t_fd.norm()))
+
+
+def test_third_derivative_of_quartic_closed_form():
+    p = problems.make("quartic", S=3.0, Q=2.0)
+    w = torch.tensor([0.7], dtype=torch.float64)
+    one = torch.ones(1, dtype=torch.float64)
+    assert float(p.third(w, one, one)) == pytest.approx(-6 * 2.0 * 0.7, rel=1e-12)
+    assert float(p.hessian(w)[0, 0]) == pytest.approx(3.0 - 3 * 2.0 * 0.49, rel=1e-12)
+
+
+@pytest.mark.parametrize("method", rodflow.problem.HVP_METHODS)
+def test_hvp_methods_agree(method):
+    ref = tiny_mlp()
+    p = Problem.from_loss(ref.chunks[0], ref.w0, hvp_method=method)
+    V = torch.randn(p.d, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    w = random_point(p)
+    expected = torch.stack([ref.hvp(w, V[:, j]) for j in range(3)], dim=1)
+    assert torch.allclose(p.hvp_block(w, V), expected, rtol=1e-10, atol=1e-12)
+    assert p.counts.hvps == 3
+
+
+def test_chunked_loss_equals_full_batch():
+    full = tiny_mlp()
+    w = random_point(full)
+    u = torch.ones(full.d, dtype=torch.float64)
+    for chunk in (1, 7, 40, 1000):
+        p = tiny_mlp(chunk=chunk)
+        assert len(p.chunks) == math.ceil(40 / chunk)
+        assert torch.allclose(p.loss(w), full.loss(w), rtol=1e-13)
+        assert torch.allclose(p.grad(w), full.grad(w), rtol=1e-12, atol=1e-14)
+        assert torch.allclose(p.hvp(w, u), full.hvp(w, u), rtol=1e-12, atol=1e-14)
+        assert torch.allclose(p.third(w, u, u), full.third(w, u, u), rtol=1e-11, atol=1e-13)
+
+
+def test_counts_track_work():
+    p = problems.make("quadratic")
+    with p.counting() as spent:
+        p.grad(p.w0)
+        p.hvp_block(p.w0, torch.eye(3, dtype=torch.float64))
+        p.third(p.w0, p.w0, p.w0)
+    assert (spent.grad_evals, spent.hvps, spent.d3) == (1, 3, 1)
+
+
+def test_float32_rebuild():
+    p = problems.make("scalar-network", depth=3).to("float32")
+    assert p.dtype == torch.float32 and p.loss(p.w0).dtype == torch.float32
+    assert p.params["depth"] == 3
+
+
+def test_registry_defaults_and_overrides():
+    for name in problems.names():
+        p = problems.make(name)
+        assert math.isfinite(float(p.loss(p.w0))) and p.suggested_lr > 0
+    p = problems.make("quadratic", lambdas=[2.0, 3.0], w0=[1.0, -1.0])
+    assert float(p.loss(p.w0)) == pytest.approx(2.5)
+
+
+@pytest.mark.parametrize(
+    "call,match",
+    [
+        (lambda: problems.make("no-such-problem"), "unknown problem"),
+        (lambda: problems.make("quadratic", lambdaz=[1.0]), "did you mean 'lambdas'"),
+        (lambda: problems.make("quadratic", w0=[1.0]), "w0 must have 3 entries"),
+        (lambda: problems.make("quartic", Q=-1.0), "Q > 0"),
+        (lambda: Problem.from_loss(lambda w: w * 2, torch.ones(3)), "scalar tensor"),
+        (lambda: Problem.from_loss(lambda w: (w**2).sum(), torch.ones(2, 2)), "flat 1-D vector"),
+        (lambda: Problem.from_loss(lambda w: (w**2).sum(), [1.0, float("nan")]), "NaN"),
+        (lambda: Problem.from_loss("not callable", torch.ones(2)), "callable"),
+        (lambda: Problem.from_loss(lambda w: undefined_name, torch.ones(2)), "raised NameError"),  # noqa: F821
+    ],
+)
+def test_bad_problem_input_is_one_line_error(call, match):
+    with pytest.raises(RodflowError, match=match) as info:
+        call()
+    assert "\n" not in str(info.value)

@@ -1,0 +1,284 @@
+"""simulate: lock-step runs, divergence, closed forms, records, resume, determinism, bad input."""
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rodflow
+from rodflow import Problem, RodflowError, problems
+from rodflow.processes import gd as gd_module
+
+TIMING = [c for c in ("wall_s", "sharpness_wall_s")]
+
+
+def comparable(frame: pd.DataFrame) -> pd.DataFrame:
+    return frame.drop(columns=[c for c in frame.columns if c.endswith("wall_s")])
+
+
+def test_api_shapes_and_columns():
+    p = problems.make("sharp-valley")
+    r = rodflow.simulate(p, lr=0.3, steps=20, methods=("gd", "gradient_flow"), sharpness_every=1, neigs=1,
+                         record_iterates=True, dtype="float64", seed=0)
+    for col in ("method", "step", "loss", "sharpness", "grad_evals", "hvps", "wall_s", "dist_gd"):
+        assert col in r.metrics
+    assert len(r.metrics) == 2 * 21
+    assert r.iterates["gd"].shape == (21, 2) and r.iterates["gradient_flow"].shape == (21, 2)
+    w = r.iterates["gd"]
+    assert np.allclose(r.aux["gd"]["midpoint"][:-1], 0.5 * (w[:-1] + w[1:]), rtol=0, atol=1e-15)
+    assert np.allclose(w[0], p.w0.numpy())
+    # GD costs one gradient per step; distances are measured against GD at the same step
+    gd = r.method("gd")
+    assert (gd["grad_evals"].iloc[1:] == 1).all() and (gd["dist_gd"] == 0).all()
+    gf = r.method("gradient_flow")
+    assert np.allclose(gf["dist_gd"], np.linalg.norm(r.iterates["gradient_flow"] - w, axis=1))
+    assert r.status == {"gd": "ok", "gradient_flow": "ok"}
+
+
+def test_sharpness_every_and_neigs():
+    p = problems.make("quadratic", lambdas=[1.0, 3.0, 7.0])
+    r = rodflow.simulate(p, lr=0.1, steps=6, sharpness_every=3, neigs=2)
+    gd = r.method("gd")
+    assert gd["sharpness"].notna().tolist() == [True, False, False, True, False, False, True]
+    assert gd["eig_1"].dropna().tolist() == pytest.approx([7.0] * 3)
+    assert gd["eig_2"].dropna().tolist() == pytest.approx([3.0] * 3)
+    assert r.aux["gd"]["eigs"].shape == (7, 2)
+    r0 = rodflow.simulate(p, lr=0.1, steps=0, sharpness_every=1)
+    assert r0.method("gd")["sharpness"].tolist() == pytest.approx([7.0])
+
+
+def test_gd_diverges_past_threshold_with_reason_and_others_finish():
+    p = problems.make("quadratic", lambdas=[1.0, 10.0])
+    # 2/η = 8 < 10: GD's second coordinate is multiplied by |1 − 1.25| ... grows by |1-ηλ| = 0.25? use η=0.25
+    lr = 0.25  # |1 − η·10| = 1.5 > 1: GD diverges, gradient flow does not
+    r = rodflow.simulate(p, lr=lr, steps=200, sharpness_every=0)
+    assert r.status["gd"].startswith("diverged at step ")
+    n = int(r.status["gd"].split()[3])
+    assert 0 < n < 200
+    gd = r.method("gd")
+    assert gd.index.max() == n  # everything up to the divergence is kept
+    assert np.isfinite(r.iterates["gd"][:n]).all() and np.isnan(r.iterates["gd"][n + 1:]).all()
+    assert r.status["gradient_flow"] == "ok" and r.method("gradient_flow").index.max() == 200
+    # before it diverged, GD's iterates are the exact recurrence
+    expected = (1 - lr * np.array([1.0, 10.0]))[None, :] ** np.arange(n)[:, None]
+    assert np.allclose(r.iterates["gd"][:n], expected, rtol=1e-12)
+
+
+def test_non_finite_loss_is_divergence():
+    p = Problem.from_loss(lambda w: (w**2).sum() + torch.log(1.5 - w[0]), torch.tensor([1.2, 0.0], dtype=torch.float64))
+    r = rodflow.simulate(p, lr=0.9, steps=50, sharpness_every=0, methods=("gd",))
+    assert "diverged at step" in r.status["gd"]
+
+
+@pytest.mark.parametrize("lambdas,lr", [([0.5, 2.0, 5.0], 0.1), ([1.0, 30.0, 300.0], 0.05)])
+def test_gradient_flow_matches_closed_form(lambdas, lr):
+    lam = np.array(lambdas)
+    p = problems.make("quadratic", lambdas=lambdas, w0=[1.0, -2.0, 0.5])
+    steps = 60
+    r = rodflow.simulate(p, lr=lr, steps=steps, methods=("gradient_flow",), sharpness_every=0)
+    t = np.arange(steps + 1)[:, None]
+    exact = np.array([1.0, -2.0, 0.5])[None, :] * np.exp(-lr * lam[None, :] * t)
+    got = r.iterates["gradient_flow"]
+    # relative error of the iterate at every integer time (read off the dense output between steps)
+    rel = np.linalg.norm(got - exact, axis=1) / np.linalg.norm(exact, axis=1)
+    assert rel.max() <= 1e-6
+    assert np.max(np.abs(got - exact)) <= 1e-8
+    # stiffness-adapted steps: cost per unit time grows with ηS, far below a fixed step of 1/(100 ηS)
+    evals = r.method("gradient_flow")["grad_evals"].sum()
+    assert evals < 6 * steps * max(1.0, lr * lam.max()) * 2.5
+
+
+def test_save_load_round_trip(tmp_path):
+    p = problems.make("self-stabilization")
+    r = rodflow.simulate(p, lr=0.1, steps=30, neigs=2)
+    path = r.save(tmp_path / "run")
+    back = rodflow.load(path)
+    pd.testing.assert_frame_equal(back.metrics, r.metrics)
+    for m in r.methods:
+        np.testing.assert_array_equal(back.iterates[m], r.iterates[m])
+        assert back.aux[m].keys() == r.aux[m].keys()
+        for k in r.aux[m]:
+            np.testing.assert_array_equal(back.aux[m][k], r.aux[m][k])
+    assert back.config == r.config and back.status == r.status
+
+
+def test_out_dir_equals_in_memory_run(tmp_path):
+    p = problems.make("scalar-network", depth=3)
+    a = rodflow.simulate(p, lr=0.2, steps=25)
+    b = rodflow.simulate(p, lr=0.2, steps=25, out=tmp_path / "run")
+    loaded = rodflow.load(tmp_path / "run")
+    pd.testing.assert_frame_equal(comparable(a.metrics), comparable(loaded.metrics))
+    np.testing.assert_array_equal(a.iterates["gradient_flow"], loaded.iterates["gradient_flow"])
+    assert (tmp_path / "run" / "metrics.parquet").is_file() and (tmp_path / "run" / "config.json").is_file()
+    assert json.loads((tmp_path / "run" / "config.json").read_text())["environment"]["torch"] == torch.__version__
+
+
+class _Kill(BaseException):
+    pass
+
+
+def test_resume_after_interrupt_gives_same_metrics(tmp_path, monkeypatch):
+    p = problems.make("sharp-valley")
+    kw = dict(lr=0.3, steps=120, methods=("gd", "gradient_flow"), neigs=2)
+    full = rodflow.simulate(p, **kw)
+    original = gd_module.GD.advance
+    calls = {"n": 0}
+
+    def dying(self):
+        calls["n"] += 1
+        if calls["n"] == 77:
+            raise _Kill()
+        return original(self)
+
+    monkeypatch.setattr(gd_module.GD, "advance", dying)
+    with pytest.raises(_Kill):
+        rodflow.simulate(p, **kw, out=tmp_path / "run", checkpoint_every=20)
+    monkeypatch.setattr(gd_module.GD, "advance", original)
+    partial = rodflow.load(tmp_path / "run")  # killed: readable, every completed step there
+    assert partial.metrics["step"].max() == 76
+    resumed = rodflow.resume(tmp_path / "run")
+    pd.testing.assert_frame_equal(comparable(resumed.metrics), comparable(full.metrics))
+    for m in full.methods:
+        np.testing.assert_array_equal(resumed.iterates[m], full.iterates[m])
+    pd.testing.assert_frame_equal(comparable(rodflow.load(tmp_path / "run").metrics), comparable(full.metrics))
+
+
+def _cli(*args, **kw):
+    return subprocess.run([sys.executable, "-m", "rodflow.cli", *args], capture_output=True, text=True, **kw)
+
+
+def test_cli_killed_run_resumes_to_same_result(tmp_path):
+    args = ["run", "--problem", "self-stabilization", "--lr", "0.1", "--steps", "1500", "--checkpoint-every", "50",
+            "--no-progress", "--no-plots", "--neigs", "1"]
+    ref = _cli(*args, "--out", str(tmp_path / "ref"), cwd=tmp_path)
+    assert ref.returncode == 0, ref.stderr
+    proc = subprocess.Popen([sys.executable, "-m", "rodflow.cli", *args, "--out", str(tmp_path / "killed")],
+                            cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    log = tmp_path / "killed" / "metrics.jsonl"
+    deadline = time.time() + 120
+    while time.time() < deadline:
+        if log.exists() and sum(1 for _ in open(log)) > 2 * 400 and (tmp_path / "killed" / "checkpoint.npz").exists():
+            break
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (tmp_path / "killed" / "metrics.parquet").exists(), "the run finished before it was killed"
+    partial = rodflow.load(tmp_path / "killed")
+    assert partial.metrics["step"].max() >= 400
+    res = _cli("run", "--resume", str(tmp_path / "killed"), "--no-progress", "--no-plots", cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    a = comparable(rodflow.load(tmp_path / "ref").metrics)
+    b = comparable(rodflow.load(tmp_path / "killed").metrics)
+    pd.testing.assert_frame_equal(a, b)
+
+
+def test_same_command_twice_is_deterministic(tmp_path):
+    args = ["run", "--problem", "squared-regression", "--steps", "40", "--neigs", "2", "--no-progress", "--no-plots"]
+    for name in ("a", "b"):
+        res = _cli(*args, "--out", str(tmp_path / name), cwd=tmp_path)
+        assert res.returncode == 0, res.stderr
+    a = pd.read_parquet(tmp_path / "a" / "metrics.parquet")
+    b = pd.read_parquet(tmp_path / "b" / "metrics.parquet")
+    pd.testing.assert_frame_equal(comparable(a), comparable(b))
+    assert "summary" not in a  # summary lives in summary.csv
+    assert (tmp_path / "a" / "plots").exists() is False
+
+
+def test_cli_run_writes_plots_and_summary(tmp_path, capsys):
+    from rodflow.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--problem", "self-stabilization", "--steps", "60", "--no-progress", "--out", str(tmp_path / "r")])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "gradient_flow" in out and "dist_mean" in out
+    for name in ("loss", "sharpness", "distance"):
+        assert (tmp_path / "r" / "plots" / f"{name}.png").stat().st_size > 1000
+    assert (tmp_path / "r" / "summary.csv").is_file()
+
+
+@pytest.mark.parametrize(
+    "args,match",
+    [
+        (["run", "--problem", "nope"], "unknown problem 'nope'"),
+        (["run", "--problem", "quadratic", "--methods", "gd,nope"], "unknown method 'nope'"),
+        (["run", "--problem", "quadratic", "--param", "bogus=1"], "has no parameter 'bogus'"),
+        (["run", "--problem", "quadratic", "--lr", "-1"], "lr must be a positive"),
+        (["run", "--problem", "quadratic", "--lr", "nan"], "lr must be a positive"),
+        (["run", "--problem", "quadratic", "--steps", "-3"], "steps must be an integer >= 0"),
+        (["run", "--problem", "quadratic", "--param", "w0=[1,2]"], "w0 must have 3 entries"),
+        (["run", "--problem", "quadratic", "--opt", "gradient_flow.rtl=1"], "did you mean 'rtol'"),
+        (["run", "--resume", "/nonexistent/dir"], "not a rodflow run directory"),
+    ],
+)
+def test_cli_bad_input_one_line(tmp_path, args, match, capsys, monkeypatch):
+    from rodflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main([*args, "--no-progress"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2
+    assert match in err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize(
+    "kwargs,match",
+    [
+        (dict(lr=0.0), "lr must be a positive"),
+        (dict(lr=float("inf")), "lr must be a positive"),
+        (dict(steps=2.5), "steps must be an integer"),
+        (dict(methods=()), "methods is empty"),
+        (dict(methods=("gd", "gd")), "twice"),
+        (dict(options={"rod": {}}), "not among the methods"),
+        (dict(options={"gd": {"optimizer": "adamw"}}), "unknown optimizer"),
+        (dict(dtype="float16"), "unknown dtype"),
+        (dict(neigs=0), "neigs must be"),
+    ],
+)
+def test_api_bad_input(kwargs, match):
+    call = dict(lr=0.1, steps=3)
+    call.update(kwargs)
+    with pytest.raises(RodflowError, match=match):
+        rodflow.simulate(problems.make("quadratic"), **call)
+
+
+def test_momentum_update_rule_plugs_into_gd():
+    p = problems.make("quadratic", lambdas=[1.0, 2.0])
+    r = rodflow.simulate(p, lr=0.1, steps=5, methods=("gd",), sharpness_every=0,
+                         options={"gd": {"optimizer": "momentum", "optimizer_params": {"beta": 0.5}}})
+    w = np.array([1.0, 1.0])
+    v = np.zeros(2)
+    for t in range(5):
+        v = 0.5 * v + np.array([1.0, 2.0]) * w
+        w = w - 0.1 * v
+    assert np.allclose(r.iterates["gd"][5], w, rtol=1e-14)
+
+
+def test_record_iterates_projection_and_off():
+    p = problems.make("squared-regression", dim=30)
+    r = rodflow.simulate(p, lr=0.05, steps=5, record_iterates=4, sharpness_every=0)
+    assert r.iterates["gd"].shape == (6, 4) and r.aux["gd"]["midpoint"].shape == (6, 4)
+    full = rodflow.simulate(p, lr=0.05, steps=5, sharpness_every=0)
+    # distances are exact whatever is stored
+    np.testing.assert_allclose(r.metrics["dist_gd"], full.metrics["dist_gd"], rtol=1e-12)
+    off = rodflow.simulate(p, lr=0.05, steps=5, record_iterates=False, sharpness_every=0)
+    assert off.iterates == {} and "midpoint" not in off.aux["gd"]
+
+
+def test_float32_run():
+    p = problems.make("self-stabilization")
+    r = rodflow.simulate(p, lr=0.1, steps=50, dtype="float32")
+    assert r.iterates["gd"].dtype == np.float32 and r.status["gradient_flow"] == "ok"
+    r64 = rodflow.simulate(p, lr=0.1, steps=50)
+    assert np.allclose(r.iterates["gd"], r64.iterates["gd"], atol=1e-4)
