@@ -52,3 +52,4 @@ def make(name: str, dtype: str = "float64", **kwargs: Any) -> Problem:
 
 # Built-in problems: one import line per module.
 from . import toys  # noqa: E402,F401
+from . import reference_mlp  # noqa: E402,F401

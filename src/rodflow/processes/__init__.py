@@ -35,5 +35,6 @@ def make(name: str, problem: Problem, lr: float, **opts: Any) -> Process:
 # Built-in processes: one import line per module.
 from . import gd  # noqa: E402,F401
 from . import gradient_flow  # noqa: E402,F401
+from . import central_flow  # noqa: E402,F401
 
 __all__ = ["Observation", "Process", "REGISTRY", "make", "names", "options", "register", "RodflowError"]

@@ -1,0 +1,261 @@
+"""Central flow (Cohen, Damian, Talwalkar, Kolter, Lee 2025; science.md §2), discretised as the public reference.
+
+    dw/dt = −η [ g(w) + ½ ∇_w ⟨Σ, H(w)⟩ ],   Σ = U X Uᵀ on the critical eigenspace of H,
+
+with time in GD steps. Discretisation (per unit of time, ``substeps`` forward-Euler substeps of dt = 1/substeps):
+
+1. L, g = ∇L and the tracked top eigenpairs (λ_i, v_i) of H at w (warm-started LOBPCG). Effective eigenvalues
+   e_i = η λ_i; those with e_i > 2·``threshold`` are *critical* (k of them).
+2. In the reference normalisation u_i = √η v_i (UᵀU = η I): g_ij = ∇_w(u_iᵀ H u_j) for i ≤ j by nested
+   autodiff (``problem.third``), k(k+1)/2 third-derivative products.
+3. The effective matrix M_ij = u_iᵀ H u_j = diag(e) moves along the flow as dM_ij/dt = ⟨g_ij, dw/dt⟩. Its
+   value one substep ahead must stay ≤ 2 (in the Loewner order):
+       α + β[X] ⪰ 0,  α = diag(2 − e) + dt·A,  A_ij = η⟨g_ij, g⟩,
+       β[X]_ij = dt·(η/2) Σ_kl X_kl ⟨g_ij, g_kl⟩,
+   and X is the solution of the SDCP  X ⪰ 0, α + β[X] ⪰ 0, ⟨X, α + β[X]⟩ = 0  (``rodflow.linalg.sdcp``;
+   X = 0 when α ⪰ 0, closed form when k = 1).
+4. w ← w − dt·η (g + ½ Σ_kl X_kl g_kl)  (sum over ordered pairs k, l), so Σ = U X Uᵀ = η V X Vᵀ.
+
+Predicted time-averaged GD loss: L + ½⟨Σ, H⟩ = L + tr(Σ)/η (the critical eigenvalues of H are 2/η), which is
+the reference's ``L + tr X`` because tr Σ = η tr X. Predicted mean squared gradient norm of GD: with
+w_GD = w + x, E[x xᵀ] = Σ, g(w + x) ≈ g + H x, so E‖g‖² ≈ ‖g‖² + tr(H Σ H) = ‖g‖² + 4 tr(Σ)/η².
+
+Eigenvector tracking: ``neigs`` eigenpairs at least, plus LOBPCG guard vectors; whenever the last tracked
+eigenvalue is itself critical, one more is tracked (immediately, in the same substep), so every critical
+eigenvalue is always captured and at least one non-critical tracked eigenvalue certifies it.
+
+Row t of the record describes the interval [t, t+1) as the reference does: loss and eigenvalues at w_t
+(substep 0), tr Σ and the eigenvalues of Σ averaged over the substeps of [t, t+1). So the step t → t+1 is
+computed on arriving at w_t (counted as the cost of that row), and ``advance`` commits it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from ..errors import RodflowError
+from ..linalg.eigs import top_eigs
+from ..linalg.sdcp import gram_operator, solve_sdcp
+from .base import Observation, Process, as_numpy, as_tensor
+from . import register
+
+_STEP_ERRORS = (RodflowError, RuntimeError, ArithmeticError, torch.linalg.LinAlgError, np.linalg.LinAlgError)
+
+
+@register("central_flow")
+class CentralFlow(Process):
+    """Central flow by forward Euler with the reference's SDCP, linearised one substep ahead."""
+
+    estimates = "iterate"
+
+    def __init__(
+        self,
+        problem,
+        lr,
+        substeps: int = 4,
+        threshold: float = 0.975,
+        neigs: int = 2,
+        max_k: int = 8,
+        eig_tol: float = 1e-7,
+        qp_tol: float = 1e-12,
+        sdcp_over: str = "critical",
+        seed: int = 0,
+    ):
+        super().__init__(problem, lr)
+        if isinstance(substeps, bool) or int(substeps) != substeps or substeps < 1:
+            raise RodflowError(f"central_flow substeps must be a positive integer, got {substeps!r}")
+        if not 0 < float(threshold) <= 1:
+            raise RodflowError(f"central_flow threshold must be in (0, 1] (a fraction of 2/lr), got {threshold!r}")
+        if isinstance(neigs, bool) or int(neigs) != neigs or neigs < 1:
+            raise RodflowError(f"central_flow neigs must be a positive integer, got {neigs!r}")
+        if isinstance(max_k, bool) or int(max_k) != max_k or max_k < neigs:
+            raise RodflowError(f"central_flow max_k must be an integer >= neigs ({neigs}), got {max_k!r}")
+        if not float(eig_tol) > 0 or not float(qp_tol) > 0:
+            raise RodflowError("central_flow eig_tol and qp_tol must be positive")
+        if sdcp_over not in ("critical", "tracked"):
+            raise RodflowError(f"central_flow sdcp_over must be 'critical' or 'tracked', got {sdcp_over!r}")
+        self.sdcp_over = sdcp_over
+        self.substeps = int(substeps)
+        self.threshold = float(threshold)
+        self.neigs = min(int(neigs), problem.d)
+        self.max_k = int(max_k)
+        self.eig_tol = float(eig_tol)
+        self.qp_tol = float(qp_tol)
+        self.seed = int(seed)
+        # per-step arrays have a fixed length; never the parameter dimension (simulate treats (d,) as a point)
+        self.n_report = self.max_k + 1 if self.max_k == problem.d else self.max_k
+
+    # --------------------------------------------------------------------------------------- interface
+    def start(self, w0):
+        self.t = 0
+        self.w = w0.clone()
+        self.k_track = self.neigs
+        self.basis: torch.Tensor | None = None
+        self.V_prev: torch.Tensor | None = None
+        self.X_prev: np.ndarray | None = None
+        self.gen = torch.Generator().manual_seed(self.seed)
+        self._prepare()
+
+    def advance(self):
+        if self._error is not None:
+            raise RuntimeError(f"central flow step {self.t} -> {self.t + 1} failed: {self._error}")
+        self.w = self._next
+        self.t += 1
+        self._prepare()
+
+    def point(self):
+        return self.w
+
+    def observe(self) -> Observation:
+        r = self._row
+        loss = r["loss"]
+        tr = r.get("trace_sigma", math.nan)
+        gsq = r["grad_sq"]
+        scalars = {
+            "loss": loss,
+            "loss_pred": loss + tr / self.lr,
+            "grad_norm": math.sqrt(gsq) if math.isfinite(gsq) else math.nan,
+            "grad_sq_pred": gsq + 4.0 * tr / self.lr**2,
+            "trace_sigma": tr,
+            "n_critical": r.get("n_critical", math.nan),
+            "k_tracked": r.get("k_tracked", math.nan),
+            "tracked_sharpness": r.get("tracked_sharpness", math.nan),
+            "qp_residual": r.get("qp_residual", math.nan),
+            "eig_unconverged": r.get("eig_unconverged", math.nan),
+        }
+        arrays = {
+            "X_eigs": r.get("X_eigs", np.full(self.n_report, np.nan)),
+            "tracked_eigs": r.get("tracked_eigs", np.full(self.n_report, np.nan)),
+        }
+        return Observation(self.w, scalars, arrays)
+
+    def state_dict(self) -> dict[str, Any]:
+        state: dict[str, Any] = {"t": self.t, "w": as_numpy(self.w), "k_track": self._in["k_track"],
+                                 "gen": self._in["gen"].numpy().copy()}
+        for key in ("basis", "V_prev"):
+            if self._in[key] is not None:
+                state[key] = as_numpy(self._in[key])
+        if self._in["X_prev"] is not None:
+            state["X_prev"] = self._in["X_prev"].copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        dtype = self.problem.dtype
+        self.t = int(state["t"])
+        self.w = as_tensor(state["w"], dtype)
+        self.k_track = int(state["k_track"])
+        self.gen = torch.Generator()
+        self.gen.set_state(torch.as_tensor(np.asarray(state["gen"], dtype=np.uint8)))
+        self.basis = as_tensor(state["basis"], dtype) if "basis" in state else None
+        self.V_prev = as_tensor(state["V_prev"], dtype) if "V_prev" in state else None
+        self.X_prev = np.asarray(state["X_prev"], dtype=float) if "X_prev" in state else None
+        self._prepare()
+
+    # ------------------------------------------------------------------------------------------ a step
+    def _prepare(self) -> None:
+        """Compute the step [t, t+1) from w_t: the row of time t and the next iterate."""
+        self._in = {"k_track": self.k_track, "gen": self.gen.get_state(), "basis": self.basis,
+                    "V_prev": self.V_prev, "X_prev": self.X_prev}
+        self._error = None
+        self._row: dict[str, Any] = {}
+        w = self.w
+        dt = 1.0 / self.substeps
+        factors, traces, residual, unconverged = [], [], 0.0, 0
+        try:
+            for s in range(self.substeps):
+                loss, g = self.problem.loss_grad(w)
+                if s == 0:
+                    self._row.update(loss=float(loss), grad_sq=float(g @ g))
+                if not (math.isfinite(float(loss)) and bool(torch.isfinite(g).all())):
+                    raise ArithmeticError(f"non-finite loss or gradient at substep {s}")
+                eig = self._eigs(w)
+                unconverged += int(not eig.converged)
+                e = self.lr * eig.values
+                k = int((e > 2.0 * self.threshold).sum())
+                if s == 0:
+                    tracked = np.full(self.n_report, np.nan)
+                    tracked[: eig.values.numel()] = eig.values.cpu().numpy()
+                    self._row.update(n_critical=k, k_tracked=eig.values.numel(),
+                                     tracked_sharpness=float(eig.values[0]), tracked_eigs=tracked)
+                direction = g
+                X = None
+                if self.sdcp_over == "tracked":  # every tracked eigenvector enters (the reference's choice)
+                    k = eig.values.numel()
+                if k > 0:
+                    X, G, res = self._sdcp(w, g, eig.vectors[:, :k], e[:k], dt)
+                    residual = max(residual, res)
+                    if X is not None:
+                        coef = torch.as_tensor(X, dtype=w.dtype)
+                        direction = g + 0.5 * torch.einsum("kl,kld->d", coef, G)
+                self.X_prev = X
+                if X is not None:
+                    vals, Q = np.linalg.eigh(X)
+                    F = torch.as_tensor(Q * np.sqrt(np.maximum(vals, 0.0)), dtype=w.dtype)
+                    factors.append(math.sqrt(self.lr) * eig.vectors[:, :k] @ F)
+                    traces.append(self.lr * float(np.trace(X)))
+                else:
+                    traces.append(0.0)
+                w = w - (dt * self.lr) * direction
+        except _STEP_ERRORS as exc:
+            self._error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self._row.setdefault("loss", math.nan)
+            self._row.setdefault("grad_sq", math.nan)
+            return
+        # Σ averaged over the substeps: (1/n) Σ_s F_s F_sᵀ, whose nonzero eigenvalues are those of FᵀF/n
+        x_eigs = np.full(self.n_report, np.nan)
+        if factors:
+            F = torch.cat(factors, dim=1)
+            ev = torch.linalg.eigvalsh(F.T @ F / self.substeps).flip(0).cpu().numpy()
+            ev = ev[ev > 1e-10 * max(float(ev[0]), 0.0)]  # the numerical rank of the average
+            n = min(ev.size, self.n_report)
+            x_eigs[:n] = ev[:n]
+        self._row.update(trace_sigma=float(np.mean(traces)), X_eigs=x_eigs, qp_residual=residual,
+                         eig_unconverged=unconverged)
+        self._next = w
+
+    def _eigs(self, w):
+        d = self.problem.d
+        while True:
+            eig = top_eigs(lambda V: self.problem.hvp_block(w, V), d, self.k_track, X0=self.basis,
+                           tol=self.eig_tol, dtype=w.dtype, generator=self.gen)
+            self.basis = eig.basis
+            last_critical = self.lr * float(eig.values[-1]) > 2.0 * self.threshold
+            if not last_critical or self.k_track >= d:
+                break
+            if self.k_track >= self.max_k:
+                raise RuntimeError(
+                    f"more than max_k={self.max_k} eigenvalues are above {self.threshold}·2/lr; raise max_k"
+                )
+            self.k_track += 1
+        V = eig.vectors
+        if self.V_prev is not None:  # fix the sign of each eigenvector against the previous substep's
+            m = min(V.shape[1], self.V_prev.shape[1])
+            signs = torch.ones(V.shape[1], dtype=V.dtype)
+            signs[:m] = torch.where((V[:, :m] * self.V_prev[:, :m]).sum(0) < 0, -1.0, 1.0).to(V.dtype)
+            V = V * signs
+            eig.vectors = V
+        self.V_prev = V
+        return eig
+
+    def _sdcp(self, w, g, V, e, dt):
+        """X of one substep (None if inactive), the third-derivative vectors g_ij (k, k, d), the residual."""
+        k = V.shape[1]
+        U = math.sqrt(self.lr) * V
+        G = torch.empty((k, k, w.numel()), dtype=w.dtype)
+        for i in range(k):
+            for j in range(i, k):
+                G[i, j] = self.problem.third(w, U[:, i], U[:, j])
+                G[j, i] = G[i, j]
+        A = (self.lr * torch.einsum("ijd,d->ij", G, g)).cpu().numpy()
+        Gn = G.cpu().numpy()
+        alpha = np.diag(2.0 - e.cpu().numpy()) + dt * A
+        beta = gram_operator(Gn, dt * self.lr / 2.0)
+        X0 = self.X_prev if self.X_prev is not None and self.X_prev.shape == (k, k) else None
+        sol = solve_sdcp(alpha, beta, tol=self.qp_tol, X0=X0)
+        if sol.method == "inactive":
+            return None, G, 0.0
+        return sol.X, G, sol.residual
