@@ -79,8 +79,10 @@ class Sweep:
 
 # ------------------------------------------------------------------------------------------------ parsing
 def load_config(path: str | os.PathLike) -> Sweep:
-    """Read and expand a sweep TOML file."""
+    """Read and expand a sweep TOML file (or the config saved in a sweep directory)."""
     path = Path(path)
+    if path.is_dir() and (path / "sweep.json").is_file():  # a sweep directory: the config it was made from
+        return expand(sweep_info(path)["config"])
     if not path.is_file():
         raise RodflowError(f"sweep config {path} not found; give the path of a .toml file (see docs/sweeps.md)")
     try:
@@ -408,6 +410,8 @@ def run_sweep(
         raise RodflowError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
     if isinstance(workers, bool) or not isinstance(workers, int) or workers < 1:
         raise RodflowError(f"workers must be an integer >= 1, got {workers!r}")
+    if out is None and not isinstance(config, Sweep) and (Path(config) / "sweep.json").is_file():
+        out = Path(config)
     out = Path(out) if out is not None else Path("sweeps") / sweep.name
     if not resume and ((out / "sweep.json").exists() or (out / INDEX).exists()):
         raise RodflowError(f"{out} already holds a sweep: pass --resume to continue it, or choose another --out")
@@ -522,4 +526,8 @@ def sweep_info(path: str | os.PathLike) -> dict[str, Any]:
 def comparable(index: pd.DataFrame) -> pd.DataFrame:
     """The index without its timing columns (what must agree between engines, or a resumed sweep)."""
     drop = [c for c in index.columns if c.split(".")[-1] in TIMING_COLUMNS]
-    return index.drop(columns=drop)
+    frame = index.drop(columns=drop)
+    for col in frame.columns:  # a column of counts is float when some run has none (failed, pending)
+        if pd.api.types.is_integer_dtype(frame[col]) and not pd.api.types.is_bool_dtype(frame[col]):
+            frame[col] = frame[col].astype("float64")
+    return frame

@@ -12,7 +12,7 @@ from ..cli import command, parse_pairs
 
 @command
 def sweep(
-    config: Path = typer.Argument(..., help="sweep config (.toml)"),
+    config: Path = typer.Argument(..., help="sweep config (.toml), or a sweep directory to --resume"),
     engine: str = typer.Option("local", help="local (process pool), ray, or slurm (submitit)"),
     workers: int = typer.Option(2, help="parallel runs (local pool size, Ray CPUs, submitit jobs in flight)"),
     out: Optional[Path] = typer.Option(None, help="sweep directory (default sweeps/<config name>)"),
@@ -28,7 +28,7 @@ def sweep(
     from .. import sweep as sw
 
     spec = sw.load_config(config)
-    out = out or Path("sweeps") / spec.name
+    out = out or (config if (config / "sweep.json").is_file() else Path("sweeps") / spec.name)
     index = sw.run_sweep(spec, out=out, engine=engine, workers=workers, resume=resume, address=address,
                          cpus_per_task=cpus_per_task, cluster=cluster, slurm=parse_pairs(slurm, "--slurm"),
                          progress=progress)
