@@ -52,4 +52,6 @@ def make(name: str, dtype: str = "float64", **kwargs: Any) -> Problem:
 
 # Built-in problems: one import line per module.
 from . import toys  # noqa: E402,F401
+from . import diagonal  # noqa: E402,F401
+from . import networks  # noqa: E402,F401
 from . import reference_mlp  # noqa: E402,F401
