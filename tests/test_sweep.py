@@ -257,3 +257,43 @@ def _complete(run_dir: Path) -> bool:
 
 def _status_of(index: pd.DataFrame, rid: str) -> str:
     return index[index["id"] == rid].iloc[0]["status"]
+
+
+# ------------------------------------------------------------------------------------ a worker that dies
+def test_a_killed_worker_fails_only_its_run_and_resume_recovers_it(local, tmp_path):
+    """SIGKILL the local worker holding a run midway, and again when that run is retried alone: the run is
+    recorded as failed, the other run finishes, and --resume brings the failed run back from its checkpoint."""
+    import multiprocessing
+    import threading
+
+    cfg = tmp_path / "two.toml"
+    cfg.write_text(CONFIG.split("[[runs]]")[0].replace("lr = [0.1, 0.3, 0.6]", "lr = [0.1, 0.3]"))
+    out = tmp_path / "dying"
+    victim = sw.load_config(cfg).runs[0]
+    victim_dir = out / "runs" / victim.id
+    killed: list[int] = []
+
+    def killer():
+        deadline = time.monotonic() + 120
+        while len(killed) < 2 and time.monotonic() < deadline:
+            children = [p for p in multiprocessing.active_children() if p.pid not in killed]
+            ready = (victim_dir / "checkpoint.npz").is_file() if not killed else True
+            if children and ready and not _complete(victim_dir):
+                os.kill(children[0].pid, signal.SIGKILL)
+                killed.append(children[0].pid)
+            time.sleep(0.01)
+
+    thread = threading.Thread(target=killer, daemon=True)
+    thread.start()
+    index = sw.run_sweep(cfg, out=out, workers=1, progress=False)
+    thread.join()
+    assert len(killed) == 2
+    row = index[index["id"] == victim.id].iloc[0]
+    assert row["status"] == "failed: its worker process died (killed or out of memory)"
+    other = index[index["id"] != victim.id].iloc[0]
+    assert other["status"] == "done"
+    resumed = sw.run_sweep(cfg, out=out, workers=1, resume=True, progress=False)
+    events = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert {"run": victim.id, "event": "resumed", "status": "done"} in events
+    expected = local[1][local[1]["id"].isin(resumed["id"])].reset_index(drop=True)
+    assert_frame_equal(sw.comparable(resumed), sw.comparable(expected))
