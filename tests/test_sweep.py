@@ -194,6 +194,7 @@ def _same_rows(index: pd.DataFrame, reference: pd.DataFrame) -> None:
     assert_frame_equal(sw.comparable(index), sw.comparable(expected))
 
 
+@pytest.mark.slow
 def test_ray_engine_on_a_local_instance_gives_the_same_index(local, tmp_path):
     ray = pytest.importorskip("ray")
     assert not ray.is_initialized()
@@ -202,6 +203,7 @@ def test_ray_engine_on_a_local_instance_gives_the_same_index(local, tmp_path):
     _same_rows(index, local[1])
 
 
+@pytest.mark.slow
 def test_submitit_engine_in_local_mode_gives_the_same_index(local, tmp_path):
     pytest.importorskip("submitit")
     index = sw.run_sweep(_two_runs(tmp_path), out=tmp_path / "sub", engine="slurm", cluster="local", workers=2,
@@ -211,6 +213,7 @@ def test_submitit_engine_in_local_mode_gives_the_same_index(local, tmp_path):
 
 
 # ------------------------------------------------------------------------------------ kill and resume
+@pytest.mark.slow
 def test_killed_sweep_resumes_to_the_same_index(config, local, tmp_path):
     out = tmp_path / "killed"
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1"}
@@ -260,6 +263,7 @@ def _status_of(index: pd.DataFrame, rid: str) -> str:
 
 
 # ------------------------------------------------------------------------------------ a worker that dies
+@pytest.mark.slow
 def test_a_killed_worker_fails_only_its_run_and_resume_recovers_it(local, tmp_path):
     """SIGKILL the local worker holding a run midway, and again when that run is retried alone: the run is
     recorded as failed, the other run finishes, and --resume brings the failed run back from its checkpoint."""
