@@ -1,0 +1,363 @@
+"""The flagship experiment: GD, gradient flow, central flow and rod flow from one start, through progressive
+sharpening into the edge of stability, with figures and a summary table.
+
+A config is a TOML file (or the same dict)::
+
+    name = "demo"                 # run directory runs/<name> unless given
+    problem = "mlp-digits"        # a registered problem ...
+    steps = 400
+    lr = 0.08                     # ... and either a learning rate, or
+    # s0_fraction = 0.4           # η chosen so that the initial sharpness is this fraction of 2/η
+    methods = ["gd", "gradient_flow", "central_flow", "rod_flow"]   # default: all registered, in this order
+    sharpness_every = 5           # any further rodflow.simulate keyword: neigs, dtype, seed, record_iterates, ...
+    neigs = 3
+    [params]                      # the problem's parameters
+    n = 400
+    [options.rod_flow]            # per-method options (rodflow.processes.options(name))
+    rtol = 1e-6
+
+``compare(config)`` runs it (``rodflow.simulate``), writes ``summary.csv``/``summary.md`` and the figures
+into the run directory and returns a :class:`Comparison`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import inspect
+import math
+import os
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import problems, processes
+from .errors import RodflowError
+from .records import Result, write_json
+from .simulate import simulate
+
+ORDER = ("gd", "gradient_flow", "central_flow", "rod_flow")
+_RESERVED = {"name", "problem", "params", "steps", "lr", "s0_fraction", "methods", "options", "description"}
+_SIM_KEYS = set(inspect.signature(simulate).parameters) - {"problem", "lr", "steps", "methods", "options", "out",
+                                                           "progress"}
+
+
+@dataclasses.dataclass
+class Comparison:
+    result: Result
+    summary: pd.DataFrame
+    figures: list[Path]
+    config: dict[str, Any]
+    initial_sharpness: float | None
+
+
+def default_methods() -> list[str]:
+    """Every registered method: GD and the known flows first, then any others."""
+    names = processes.names()
+    return [m for m in ORDER if m in names] + [m for m in names if m not in ORDER]
+
+
+def load_config(path: str | os.PathLike) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise RodflowError(f"config {path} not found; give a TOML file (see configs/demo.toml)")
+    try:
+        config = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise RodflowError(f"config {path} is not valid TOML: {exc}") from None
+    config.setdefault("name", path.stem)
+    return config
+
+
+def check_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The config with defaults filled in; one-line errors for anything unusable."""
+    config = dict(config)
+    if "problem" not in config:
+        raise RodflowError("config needs problem = \"<name>\" (see `rodflow problems`)")
+    problems.REGISTRY.get(config["problem"])
+    unknown = set(config) - _RESERVED - _SIM_KEYS
+    if unknown:
+        raise RodflowError(f"config has unknown key {sorted(unknown)[0]!r}; known keys: "
+                           f"{', '.join(sorted(_RESERVED | _SIM_KEYS))}")
+    if ("lr" in config) == ("s0_fraction" in config):
+        raise RodflowError("config needs exactly one of lr = η or s0_fraction = S0 / (2/η) (e.g. 0.4)")
+    if "s0_fraction" in config:
+        f = config["s0_fraction"]
+        if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < math.inf:
+            raise RodflowError(f"s0_fraction must be a positive number, got {f!r}")
+    if not isinstance(config.get("params", {}), dict) or not isinstance(config.get("options", {}), dict):
+        raise RodflowError("params and options must be TOML tables ([params], [options.<method>])")
+    config.setdefault("steps", 200)
+    config.setdefault("methods", default_methods())
+    config.setdefault("name", config["problem"])
+    return config
+
+
+def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike | None = None,
+            progress: bool | None = None, plots: bool = True) -> Comparison:
+    """Run a comparison config; write the run directory, summary table and figures (see module docstring)."""
+    if not isinstance(config, dict):
+        config = load_config(config)
+    config = check_config(config)
+    out = Path(out) if out is not None else Path("runs") / str(config["name"])
+    sim_kwargs = {k: v for k, v in config.items() if k in _SIM_KEYS}
+    dtype = sim_kwargs.get("dtype", "float64")
+    problem = problems.make(config["problem"], dtype=dtype, **config.get("params", {}))
+    s0 = None
+    lr = config.get("lr")
+    if "s0_fraction" in config or config.get("sharpness_every", 1):
+        start = time.perf_counter()
+        probe = simulate(problem, 1.0, steps=0, methods=["gd"], sharpness_every=1, dtype=dtype, progress=False)
+        s0 = float(probe.metrics["sharpness"].iloc[0])
+        s0_seconds = time.perf_counter() - start
+        if lr is None:
+            if not s0 > 0:
+                raise RodflowError(f"initial sharpness is {s0:.3g} <= 0; give lr explicitly")
+            lr = 2.0 * float(config["s0_fraction"]) / s0
+    if (out / "config.json").is_file() and (out / "arrays").is_dir():
+        # a previous run in this directory: simulate would reuse its per-step array files (of another length)
+        import shutil
+
+        shutil.rmtree(out / "arrays")
+    result = simulate(problem, lr=lr, steps=config["steps"], methods=config["methods"],
+                      options=config.get("options", {}), out=out, progress=progress, **sim_kwargs)
+    table = summary_table(result)
+    table.to_csv(out / "summary.csv", index=False)
+    info = {"config": config, "lr": lr, "threshold": 2.0 / lr, "initial_sharpness": s0}
+    if s0 is not None:
+        info["initial_sharpness_seconds"] = s0_seconds
+    write_json(out / "compare.json", info)
+    (out / "summary.md").write_text(markdown_report(result, table, s0))
+    figures = plot_comparison(result, out / "plots") if plots else []
+    return Comparison(result, table, figures, config, s0)
+
+
+# --------------------------------------------------------------------------------------------- summary
+def gd_oscillation(result: Result) -> pd.Series | None:
+    """GD's oscillation amplitude per step: half the step length ‖w_{t+1} − w_t‖/2 (the `half_step` column)."""
+    if "gd" not in result.methods or "half_step" not in result.metrics:
+        return None
+    return result.method("gd")["half_step"]
+
+
+def summary_table(result: Result) -> pd.DataFrame:
+    """The run's per-method summary (rodflow.summary) plus the edge-of-stability facts and relative cost.
+
+    Added columns: ``eos_step`` (first step whose sharpness reaches 2/η, per method's own sharpness),
+    ``time_vs_gd`` (seconds relative to GD's), ``rod_vs_gd_osc`` (mean over steps of |rod length −
+    GD half step| / mean GD half step, rod flow only).
+    """
+    table = result.summary()
+    thr = 2.0 / result.lr
+    eos, tvg = [], []
+    gd_wall = float(table.loc[table["method"] == "gd", "wall_s"].iloc[0]) if (table["method"] == "gd").any() else None
+    for m in table["method"]:
+        s = result.method(m)["sharpness"].dropna() if "sharpness" in result.metrics else pd.Series(dtype=float)
+        hit = s.index[s.values >= thr]
+        eos.append(int(hit[0]) if len(hit) else np.nan)
+        wall = float(table.loc[table["method"] == m, "wall_s"].iloc[0])
+        tvg.append(wall / gd_wall if gd_wall else np.nan)
+    table["eos_step"] = eos
+    table["time_vs_gd"] = tvg
+    osc = gd_oscillation(result)
+    if osc is not None and "rod_length" in result.metrics:
+        rel = []
+        for m in table["method"]:
+            rod = result.method(m).get("rod_length")
+            if rod is None or rod.isna().all():
+                rel.append(np.nan)
+                continue
+            both = pd.concat([rod, osc], axis=1, keys=["rod", "gd"]).dropna()
+            scale = both["gd"].abs().mean()
+            rel.append(float((both["rod"] - both["gd"]).abs().mean() / scale) if scale > 0 else np.nan)
+        table["rod_vs_gd_osc"] = rel
+    return table
+
+
+COLUMNS = ("method", "status", "final_loss", "final_sharpness", "eos_step", "compared_to", "dist_mean",
+           "dist_final", "loss_pred_err", "rod_vs_gd_osc", "grad_evals", "hvps", "d3", "wall_s", "time_vs_gd")
+
+
+def markdown_table(table: pd.DataFrame, columns=COLUMNS) -> str:
+    cols = [c for c in columns if c in table]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "|".join("---" for _ in cols) + "|"]
+    for _, row in table.iterrows():
+        lines.append("| " + " | ".join(_fmt(row[c]) for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def _fmt(v) -> str:
+    if isinstance(v, (float, np.floating)):
+        if math.isnan(v):
+            return "–"
+        if float(v).is_integer() and abs(v) < 1e9:
+            return str(int(v))
+        return f"{v:.4g}"
+    return str(v)
+
+
+def markdown_report(result: Result, table: pd.DataFrame, s0: float | None) -> str:
+    cfg = result.config
+    head = (f"**{cfg['problem']['name']}** (d = {cfg['problem']['d']}, {cfg['dtype']}), η = {result.lr:.4g}, "
+            f"2/η = {2 / result.lr:.4g}" + (f", initial sharpness {s0:.4g}" if s0 is not None else "")
+            + f", {cfg['steps']} steps")
+    params = ", ".join(f"{k}={v}" for k, v in cfg["problem"]["params"].items())
+    return f"{head}\n\nparameters: {params}\n\n{markdown_table(table)}\n"
+
+
+# --------------------------------------------------------------------------------------------- figures
+def plot_comparison(result: Result, outdir: str | os.PathLike, fmt: str = "png") -> list[Path]:
+    """Loss, sharpness & top eigenvalues vs 2/η, distance to GD, rod length vs GD oscillation, GFS sharpness
+    (when recorded), each as its own file, plus ``overview`` with all panels."""
+    import matplotlib.pyplot as plt
+
+    from . import plotting
+
+    outdir = Path(outdir)
+    outdir.mkdir(parents=True, exist_ok=True)
+    panels = [("loss", _loss), ("eigenvalues", _eigs), ("distance", _distance), ("rod", _rod), ("gfs", _gfs)]
+    active = [(name, fn) for name, fn in panels if fn(result, None)]
+    paths = []
+    for name, fn in active:
+        fig, ax = plt.subplots(figsize=(6.4, 4))
+        fn(result, ax)
+        plotting._title(ax, result, name)
+        path = outdir / f"{name}.{fmt}"
+        fig.savefig(path, dpi=150, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    if active:
+        cols = min(3, len(active))
+        rows = math.ceil(len(active) / cols)
+        fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.8 * rows), squeeze=False)
+        for ax, (name, fn) in zip(axes.flat, active):
+            fn(result, ax)
+            ax.set_title(name, fontsize=10)
+        for ax in list(axes.flat)[len(active):]:
+            ax.axis("off")
+        fig.suptitle(f"{result.config['problem']['name']}, η = {result.lr:.4g} (2/η = {2 / result.lr:.4g})")
+        fig.tight_layout()
+        path = outdir / f"overview.{fmt}"
+        fig.savefig(path, dpi=130, bbox_inches="tight")
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def _loss(result, ax) -> bool:
+    from scipy.ndimage import gaussian_filter1d
+
+    from .plotting import style
+    from .summary import gd_loss_two_step
+
+    if ax is None:
+        return True
+    if "gd" in result.methods:
+        gd = result.method("gd")["loss"]
+        ax.plot(gd.index, gd.values, label="GD", alpha=0.35, **style("gd"))
+        two = gd_loss_two_step(result)
+        ax.plot(two.index, two.values, color="black", lw=1.3, label="GD, 2-step average")
+        if len(gd) > 3:
+            sigma = max(1.0, len(gd) / 60)
+            ax.plot(gd.index, gaussian_filter1d(gd.values, sigma, mode="nearest"), color="grey", lw=1.3, ls=":",
+                    label=f"GD, Gaussian σ={sigma:.0f}")
+    for m in result.methods:
+        if m != "gd":
+            df = result.method(m)
+            ax.plot(df.index, df["loss_pred"].values, label=f"{m} (predicted)", **style(m))
+    vals = result.metrics["loss"].to_numpy(dtype=float)
+    if np.all(vals[np.isfinite(vals)] > 0):
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.legend(fontsize=7)
+    return True
+
+
+def _eigs(result, ax) -> bool:
+    from .plotting import style
+
+    m = result.metrics
+    if "sharpness" not in m or m["sharpness"].notna().sum() == 0:
+        return False
+    if ax is None:
+        return True
+    eig_cols = sorted((c for c in m if c.startswith("eig_") and c[4:].isdigit()), key=lambda c: int(c[4:]))
+    for meth in result.methods:
+        df = result.method(meth)
+        s = df["sharpness"].dropna()
+        ax.plot(s.index, s.values, label=f"{meth} λ₁", **style(meth))
+        if meth == "gd":
+            for c in eig_cols[1:]:
+                e = df[c].dropna()
+                ax.plot(e.index, e.values, color="black", lw=0.6, alpha=0.5, ls="--",
+                        label="GD λ₂.." if c == eig_cols[1] else None)
+    ax.axhline(2 / result.lr, color="tab:orange", ls=":", lw=1.2, label="2/η")
+    ax.set_xlabel("step")
+    ax.set_ylabel("top Hessian eigenvalues")
+    ax.legend(fontsize=7)
+    return True
+
+
+def _distance(result, ax) -> bool:
+    from .plotting import style
+
+    flows = [m for m in result.methods if m != "gd"]
+    if "gd" not in result.methods or not flows:
+        return False
+    if ax is None:
+        return True
+    for m in flows:
+        est = processes.REGISTRY.get(m).estimates if m in processes.REGISTRY else "iterate"
+        col = "dist_gd_mid" if est == "midpoint" else "dist_gd"
+        df = result.method(m)
+        ax.plot(df.index, df[col].values, label=f"{m} → GD {'midpoint' if est == 'midpoint' else 'iterate'}",
+                **style(m))
+    ax.set_yscale("symlog", linthresh=1e-6)
+    ax.set_xlabel("step")
+    ax.set_ylabel("‖flow − GD‖")
+    ax.legend(fontsize=7)
+    return True
+
+
+def _rod(result, ax) -> bool:
+    from .plotting import style
+
+    osc = gd_oscillation(result)
+    rods = [m for m in result.methods if "rod_length" in result.metrics and result.method(m)["rod_length"].notna().any()]
+    if osc is None or not rods:
+        return False
+    if ax is None:
+        return True
+    ax.plot(osc.index, osc.values, label="GD ‖w_{t+1} − w_t‖/2", **style("gd"))
+    for m in rods:
+        r = result.method(m)["rod_length"]
+        ax.plot(r.index, r.values, label=f"{m} ‖δ‖", **style(m))
+    if (osc.dropna() > 0).all():
+        ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("oscillation amplitude")
+    ax.legend(fontsize=7)
+    return True
+
+
+def _gfs(result, ax) -> bool:
+    from .plotting import style
+
+    m = result.metrics
+    if "gfs_sharpness" not in m or m["gfs_sharpness"].notna().sum() == 0:
+        return False
+    if ax is None:
+        return True
+    for meth in result.methods:
+        s = result.method(meth)["gfs_sharpness"].dropna()
+        if len(s):
+            ax.plot(s.index, s.values, marker="o", ms=3, label=meth, **style(meth))
+    ax.axhline(2 / result.lr, color="tab:orange", ls=":", lw=1.2, label="2/η")
+    ax.set_xlabel("step")
+    ax.set_ylabel("GFS sharpness")
+    ax.legend(fontsize=7)
+    return True
