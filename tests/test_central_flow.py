@@ -164,3 +164,17 @@ def test_too_many_critical_eigenvalues_is_reported():
     r = rodflow.simulate(p, 0.1, steps=2, methods=("central_flow",), options={"central_flow": {"neigs": 1, "max_k": 1}},
                          sharpness_every=0, progress=False)
     assert "max_k" in r.status["central_flow"]
+
+
+def test_sdcp_over_all_tracked_eigenvectors():
+    """sdcp_over="tracked" (the reference's choice) solves over every tracked eigenvector: k(k+1)/2 third
+    derivatives per substep even before the edge, X = 0 while α ⪰ 0, and the same edge as "critical"."""
+    alpha, lr = 0.7, 0.25
+    p = problems.make("self-stabilization", alpha=alpha, w0=[0.2, 7.5])
+    r = rodflow.simulate(p, lr, steps=60, methods=("central_flow",), sharpness_every=0, progress=False,
+                         options={"central_flow": {"sdcp_over": "tracked"}})
+    cf = r.method("central_flow")
+    assert (cf["d3"] == 4 * 3).all()  # two tracked eigenvectors (d = 2): 3 pairs per substep
+    assert cf["trace_sigma"].iloc[0] == 0
+    assert cf["trace_sigma"].iloc[-1] == pytest.approx(2 * alpha, rel=1e-6)
+    assert (cf["qp_residual"].dropna() < 1e-8).all()
