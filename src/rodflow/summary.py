@@ -44,6 +44,7 @@ def summarize(result) -> pd.DataFrame:
             "dist_max": float(dist.max()) if dist.notna().any() else np.nan,
             "dist_final": float(dist.iloc[-1]),
         }
+        row.update(_ends_distance(result, m))
         if smooth is not None and "loss_pred" in df:
             both = pd.concat([df["loss_pred"], smooth], axis=1, keys=["pred", "gd"]).dropna()
             scale = both["gd"].abs().sum()
@@ -57,6 +58,18 @@ def summarize(result) -> pd.DataFrame:
     return pd.DataFrame(rows)
 
 
+def _ends_distance(result, m: str) -> dict[str, float]:
+    """For a model with per-step predictions of GD's iterate (aux ``end_iterate``, e.g. the rod's ends):
+    mean and max of ‖end_iterate_t − w_t‖ when GD's full iterates are recorded (not projections)."""
+    ends = result.aux.get(m, {}).get("end_iterate")
+    gd = result.iterates.get("gd")
+    if ends is None or gd is None or result.config.get("record_iterates") is not True or ends.shape != gd.shape:
+        return {}
+    dist = np.linalg.norm(np.asarray(ends, float) - np.asarray(gd, float), axis=1)
+    dist = dist[np.isfinite(dist)]
+    return {"ends_dist_mean": float(dist.mean()), "ends_dist_max": float(dist.max())} if dist.size else {}
+
+
 def _last(series) -> float:
     if series is None:
         return np.nan
@@ -66,5 +79,5 @@ def _last(series) -> float:
 
 def format_table(frame: pd.DataFrame) -> str:
     cols = [c for c in ("method", "status", "final_loss", "final_sharpness", "compared_to", "dist_mean",
-                        "dist_max", "loss_pred_err", "grad_evals_per_step", "hvps", "wall_s") if c in frame]
+                        "dist_max", "ends_dist_mean", "ends_dist_max", "loss_pred_err", "grad_evals_per_step", "hvps", "wall_s") if c in frame]
     return frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")

@@ -36,5 +36,6 @@ def make(name: str, problem: Problem, lr: float, **opts: Any) -> Process:
 from . import gd  # noqa: E402,F401
 from . import gradient_flow  # noqa: E402,F401
 from . import central_flow  # noqa: E402,F401
+from . import rod_flow  # noqa: E402,F401
 
 __all__ = ["Observation", "Process", "REGISTRY", "make", "names", "options", "register", "RodflowError"]

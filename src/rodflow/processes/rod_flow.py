@@ -1,0 +1,211 @@
+"""Rod flow (science.md §3, docs/rod_flow.md): two consecutive GD iterates as the ends of a rod.
+
+State ``y = (c, δ)``: rod centre and half-vector, ends ``c ± δ``, with ``g_± = ∇L(c ± δ)``:
+
+    dc/dt = −(η/2)(g_+ + g_−)            [+ optional backward-error correction −(η²/8)(H_+ + H_−)(g_+ + g_−)]
+    dδ/dt =  (η/2)(g_+ − g_−) − 2δ       [+ rounding seed (σ²/(2‖δ‖²)) δ]
+    c(0) = (w_0 + w_1)/2,  δ(0) = (w_1 − w_0)/2
+
+Integrated by the shared Dormand-Prince 5(4) pair with dense output (two gradient evaluations per
+right-hand-side call), read off at integer times. The error norm treats δ *relative to the rod length*: the
+δ equation is linear and homogeneous for a short rod, so a collapsed rod is integrated as accurately (and as
+stably) as a long one instead of falling below the absolute tolerance and going uncontrolled.
+
+**Rounding seed.** GD stores ``w_{t+1} = fl(w_t − fl(η g))``; each stored coordinate carries a round-to-nearest
+error uniform on ±ulp/2, i.e. an independent kick of variance ``ulp(a_i)²/12`` per step, where ``a_i`` is the
+larger operand of that subtraction. Along the rod direction ``v = δ/‖δ‖`` the kick variance per step is
+``σ² = Σ_i v_i² ulp(a_i)²/12``. For the oscillation amplitude ``a`` (growth rate ρ) the kicks give
+``d⟨a²⟩/dt = 2ρ⟨a²⟩ + σ²``; the deterministic rod follows the root-mean-square amplitude, which adds
+``(σ²/(2‖δ‖²)) δ`` to dδ/dt. Below the threshold this holds the rod at GD's stationary rounding level
+``σ/√(2|ρ|)`` instead of letting it collapse; above it the rod grows from that level, as GD does. The term is
+odd in δ, vanishes at δ = 0 (which stays invariant) and is ~σ²/‖δ‖ ≈ 1e-30 for an open rod.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from ..errors import RodflowError
+from ..integrators import DormandPrince
+from .base import Observation, Process, as_numpy, as_tensor
+from .gradient_flow import default_tolerances
+from . import register
+
+SEEDS = ("precision", "none")
+DEFAULT_ROD_RTOL = 1e-4
+
+
+class RodIntegrator(DormandPrince):
+    """Dormand-Prince with the error of δ (second half of y) measured relative to the rod length."""
+
+    def __init__(self, f, y0, d: int, rod_rtol: float, **kwargs):
+        self.d = d
+        self.rod_rtol = rod_rtol
+        super().__init__(f, y0, **kwargs)
+
+    def _norm(self, x, y0, y1):
+        d = self.d
+        eps, tiny = torch.finfo(y0.dtype).eps, torch.finfo(y0.dtype).tiny
+        cmax = torch.maximum(y0[:d].abs(), y1[:d].abs())
+        sc = self.atol + self.rtol * cmax
+        d0, d1 = y0[d:], y1[d:]
+        rod = torch.maximum(d0.square().mean().sqrt(), d1.square().mean().sqrt())
+        # δ relative to the rod length, down to the resolution eps·|c_i| of the ends c ± δ
+        sd = self.rod_rtol * torch.maximum(torch.maximum(d0.abs(), d1.abs()), rod) + eps * cmax + tiny
+        ratio = torch.cat([x[:d] / sc, x[d:] / sd])
+        return float(torch.sqrt(torch.mean(ratio**2)))
+
+
+def ulp(a: torch.Tensor) -> torch.Tensor:
+    """Unit in the last place of each entry of ``a`` (0 where a = 0) in a's dtype."""
+    _, e = torch.frexp(a)  # a = m 2^e, 0.5 <= |m| < 1
+    eps = torch.finfo(a.dtype).eps
+    return torch.where(a == 0, torch.zeros_like(a), torch.ldexp(torch.full_like(a, eps / 2), e))
+
+
+def rounding_variance(c: torch.Tensor, delta: torch.Tensor, step: torch.Tensor) -> torch.Tensor:
+    """σ²: variance per GD step of the rounding error of ``w_{t+1} = w_t − step`` along δ/‖δ‖.
+
+    ``step`` is GD's step η g at the rod (the larger of the two ends' steps, per coordinate).
+    """
+    a = torch.maximum(c.abs() + delta.abs(), step.abs())
+    v2 = delta.square() / delta.square().sum()
+    return (v2 * ulp(a).square()).sum() / 12.0
+
+
+@register("rod_flow")
+class RodFlow(Process):
+    """Rod flow: centre c and half-vector δ of a rod whose ends model two consecutive GD iterates.
+
+    Options: rtol/atol/max_step of the Dormand-Prince integrator; ``correction`` adds the backward-error
+    correction of the centre (two HVPs per call); ``seed`` = "precision" models the per-step rounding of GD
+    that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation), "none" turns it off.
+    """
+
+    estimates = "midpoint"
+
+    def __init__(
+        self,
+        problem,
+        lr,
+        rtol: float | None = None,
+        atol: float | None = None,
+        rod_rtol: float | None = None,
+        max_step: float = 50.0,
+        correction: bool = False,
+        seed: str = "precision",
+        seed_scale: float = 1.0,
+    ):
+        super().__init__(problem, lr)
+        rt, at = default_tolerances(problem.dtype)
+        self.rtol = rt if rtol is None else float(rtol)
+        self.atol = at if atol is None else float(atol)
+        if not (self.rtol > 0 and self.atol >= 0):
+            raise RodflowError(f"rod_flow needs rtol > 0 and atol >= 0, got rtol={rtol}, atol={atol}")
+        self.rod_rtol = DEFAULT_ROD_RTOL if rod_rtol is None else float(rod_rtol)
+        if not self.rod_rtol > 0:
+            raise RodflowError(f"rod_flow rod_rtol must be positive, got {rod_rtol!r}")
+        self.max_step = float(max_step)
+        if not self.max_step > 0:
+            raise RodflowError(f"rod_flow max_step must be positive, got {max_step}")
+        if not isinstance(correction, bool):
+            raise RodflowError(f"rod_flow correction must be true or false, got {correction!r}")
+        self.correction = correction
+        if seed not in SEEDS:
+            raise RodflowError(f"rod_flow seed must be one of {', '.join(SEEDS)}, got {seed!r}")
+        self.seed = seed
+        self.seed_scale = float(seed_scale)
+        if not (math.isfinite(self.seed_scale) and self.seed_scale >= 0):
+            raise RodflowError(f"rod_flow seed_scale must be a finite number >= 0, got {seed_scale!r}")
+        self.d = problem.d
+
+    # ------------------------------------------------------------------------------------------- the ODE
+    def field(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """Right-hand side at state y = (c, δ): two gradient evaluations (+ two HVPs with correction)."""
+        d, eta = self.d, self.lr
+        c, delta = y[:d], y[d:]
+        _, gp = self.problem.loss_grad(c + delta)
+        _, gm = self.problem.loss_grad(c - delta)
+        gs = gp + gm
+        dc = -0.5 * eta * gs
+        if self.correction:
+            dc = dc - (eta * eta / 8.0) * (self.problem.hvp(c + delta, gs) + self.problem.hvp(c - delta, gs))
+        dd = 0.5 * eta * (gp - gm) - 2.0 * delta
+        if self.seed == "precision" and self.seed_scale > 0:
+            n2 = delta.square().sum()
+            if n2 > 0:
+                step = torch.maximum((eta * gp).abs(), (eta * gm).abs())
+                sigma2 = self.seed_scale**2 * rounding_variance(c, delta, step)
+                dd = dd + (sigma2 / (2.0 * n2)) * delta
+        return torch.cat([dc, dd])
+
+    def _integrator(self, y0: torch.Tensor, t0: float = 0.0) -> RodIntegrator:
+        return RodIntegrator(self.field, y0, self.d, rod_rtol=self.rod_rtol, t0=t0, rtol=self.rtol, atol=self.atol,
+                             max_step=self.max_step)
+
+    # -------------------------------------------------------------------------------------- the process
+    def start(self, w0):
+        self.t = 0
+        _, g0 = self.problem.loss_grad(w0)
+        w1 = w0 - self.lr * g0
+        self.y = torch.cat([0.5 * (w0 + w1), 0.5 * (w1 - w0)])
+        self.ode = self._integrator(self.y)
+
+    def start_state(self, c: torch.Tensor, delta: torch.Tensor) -> None:
+        """Start from an explicit rod (c, δ) instead of GD's first step (theory checks)."""
+        self.t = 0
+        self.y = torch.cat([c, delta]).to(self.problem.dtype)
+        self.ode = self._integrator(self.y)
+
+    def advance(self):
+        self.t += 1
+        self.y = self.ode.advance_to(float(self.t))
+
+    @property
+    def centre(self) -> torch.Tensor:
+        return self.y[: self.d]
+
+    @property
+    def delta(self) -> torch.Tensor:
+        return self.y[self.d :]
+
+    def point(self):
+        return self.centre
+
+    def observe(self) -> Observation:
+        c, delta = self.centre, self.delta
+        loss, g = self.problem.loss_grad(c)
+        lp, gp = self.problem.loss_grad(c + delta)
+        lm, gm = self.problem.loss_grad(c - delta)
+        lp, lm = float(lp), float(lm)
+        n2 = float(delta.square().sum())
+        secant = float((gp - gm) @ delta) / (2.0 * n2) if n2 > 0 else math.nan
+        sign = -1.0 if self.t % 2 else 1.0  # (−1)^t
+        return Observation(
+            c,
+            {
+                "loss": float(loss),
+                "loss_pred": 0.5 * (lp + lm),
+                "grad_norm": float(g.norm()),
+                "loss_plus": lp,
+                "loss_minus": lm,
+                "rod_length": math.sqrt(n2),
+                "secant_sharpness": secant,
+                "ode_nfev": float(self.ode.nfev),
+                "ode_naccept": float(self.ode.naccept),
+            },
+            {"delta": as_numpy(delta), "end_iterate": as_numpy(c - sign * delta)},
+        )
+
+    def state_dict(self):
+        state = {"t": self.t, "y": as_numpy(self.y)}
+        state.update({f"ode.{k}": v for k, v in self.ode.state_dict().items()})
+        return state
+
+    def load_state_dict(self, state):
+        self.t = int(state["t"])
+        self.y = as_tensor(state["y"], self.problem.dtype)
+        self.ode = self._integrator(self.y)  # then every field of the integrator is replaced:
+        self.ode.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ode.")})

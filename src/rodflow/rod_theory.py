@@ -1,0 +1,72 @@
+"""Measurements behind rod flow's theory checks (tests/test_rod_flow.py, ``rodflow theory``, docs/rod_flow.md).
+
+Everything here measures the integrated ODE or GD itself; no prediction is computed from the formula it is
+compared with.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from . import processes
+from .problem import Problem
+
+
+def run_gd(problem: Problem, lr: float, steps: int) -> np.ndarray:
+    """GD iterates w_0..w_steps as an array (steps + 1, d)."""
+    gd = processes.make("gd", problem, lr)
+    gd.start(problem.w0)
+    out = [gd.point().numpy().copy()]
+    for _ in range(steps):
+        gd.advance()
+        out.append(gd.point().numpy().copy())
+    return np.array(out)
+
+
+def run_rod(problem: Problem, lr: float, steps: int, c=None, delta=None, **options) -> dict[str, np.ndarray]:
+    """Rod flow at t = 0..steps (from GD's first step, or from the rod (c, δ) when given).
+
+    Returns arrays ``centre``, ``delta``, ``end_iterate`` (steps + 1, d) and ``rod_length``, ``secant``,
+    ``loss_pred`` (steps + 1,), plus ``nfev`` (right-hand-side calls of the integrator).
+    """
+    rf = processes.make("rod_flow", problem, lr, **options)
+    if c is None:
+        rf.start(problem.w0)
+    else:
+        rf.start_state(torch.as_tensor(np.asarray(c)), torch.as_tensor(np.asarray(delta)))
+    keys = ("centre", "delta", "end_iterate", "rod_length", "secant", "loss_pred")
+    rec: dict[str, list] = {k: [] for k in keys}
+    for t in range(steps + 1):
+        if t:
+            rf.advance()
+        obs = rf.observe()
+        rec["centre"].append(obs.point.numpy().copy())
+        rec["delta"].append(obs.arrays["delta"])
+        rec["end_iterate"].append(obs.arrays["end_iterate"])
+        rec["rod_length"].append(obs.scalars["rod_length"])
+        rec["secant"].append(obs.scalars["secant_sharpness"])
+        rec["loss_pred"].append(obs.scalars["loss_pred"])
+    out = {k: np.array(v) for k, v in rec.items()}
+    out["nfev"] = np.array(rf.ode.nfev)
+    return out
+
+
+def fit_rate(t: np.ndarray, length: np.ndarray) -> float:
+    """Least-squares slope of log(length) against t: the measured exponential growth rate."""
+    return float(np.polyfit(np.asarray(t, float), np.log(np.asarray(length, float)), 1)[0])
+
+
+def onset_step(amplitude, level: float) -> int | None:
+    """First step after the amplitude's minimum at which it reaches ``level`` (None: never)."""
+    a = np.asarray(amplitude, float)
+    a = np.where(np.isfinite(a), a, np.inf)
+    tmin = int(np.argmin(a))
+    above = np.nonzero(a[tmin:] >= level)[0]
+    return int(tmin + above[0]) if above.size else None
+
+
+def top_sharpness(problem: Problem, w) -> float:
+    """λ_max of the dense Hessian at w (small problems)."""
+    H = problem.hessian(torch.as_tensor(np.asarray(w), dtype=problem.dtype))
+    return float(torch.linalg.eigvalsh(H)[-1])

@@ -1,0 +1,199 @@
+"""Rod flow: the model's properties (science.md §3), its onset seed, its process contract."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rodflow import Problem, RodflowError, problems, processes, simulate
+from rodflow.processes.rod_flow import rounding_variance, ulp
+from rodflow.rod_theory import fit_rate, onset_step, run_gd, run_rod, top_sharpness
+
+torch.set_num_threads(1)
+
+
+def quadratic(lams, center=None):
+    lam = torch.tensor(lams, dtype=torch.float64)
+    ctr = torch.zeros_like(lam) if center is None else torch.tensor(center, dtype=torch.float64)
+    return Problem.from_loss(lambda w: 0.5 * (lam * (w - ctr) ** 2).sum(), torch.ones_like(lam))
+
+
+# ------------------------------------------------------------------------------------------ theory
+@pytest.mark.parametrize("S", [8.0, 12.0, 14.0])
+def test_quadratic_rod_grows_iff_above_threshold_at_rate_eta_S_minus_2(S):
+    eta = 0.2  # 2/η = 10
+    prob = quadratic([1.0, S])
+    c = torch.zeros(2, dtype=torch.float64)
+    delta = torch.tensor([1e-3, 1e-6], dtype=torch.float64)
+    lengths = run_rod(prob, eta, 30, c=c, delta=delta, seed="none")["rod_length"]
+    rate = fit_rate(np.arange(10, 31), lengths[10:])  # after the λ=1 direction has died out
+    assert rate == pytest.approx(eta * S - 2, abs=2e-4)
+    assert (lengths[-1] > lengths[0]) == (S > 2 / eta)
+
+
+def test_quartic_rod_settles_on_gd_period_two_orbit_with_secant_sharpness_2_over_eta():
+    S, Q, eta = 12.0, 1.0, 0.2
+    prob = problems.make("quartic", S=S, Q=Q, w0=0.01)
+    star = math.sqrt((S - 2 / eta) / Q)
+    gd = run_gd(prob, eta, 400)
+    assert np.abs(gd[-2:, 0]) == pytest.approx([star, star], rel=1e-9)  # GD's own orbit is ±δ*
+    rod = run_rod(prob, eta, 400)
+    assert rod["rod_length"][-1] == pytest.approx(star, rel=1e-6)
+    assert abs(rod["centre"][-1, 0]) < 1e-6
+    assert rod["secant"][-1] == pytest.approx(2 / eta, rel=1e-6)
+    # ends predict GD's iterates once both have settled
+    assert np.abs(rod["end_iterate"][-1] - gd[-1]).max() < 1e-5
+
+
+def test_delta_zero_reduces_to_gradient_flow():
+    prob = problems.make("sharp-valley")
+    eta = 0.3
+    rod = run_rod(prob, eta, 40, c=prob.w0, delta=torch.zeros(2, dtype=torch.float64))
+    assert np.all(rod["rod_length"] == 0.0)  # δ = 0 is invariant, even with the seed on
+    gf = processes.make("gradient_flow", prob, eta)
+    gf.start(prob.w0)
+    for _ in range(40):
+        gf.advance()
+    assert np.abs(rod["centre"][-1] - gf.point().numpy()).max() < 1e-7
+
+
+def test_equations_are_odd_in_delta():
+    prob = problems.make("self-stabilization")
+    c = torch.tensor([0.3, 2.5], dtype=torch.float64)
+    d = torch.tensor([0.05, -0.02], dtype=torch.float64)
+    a = run_rod(prob, 0.1, 30, c=c, delta=d)
+    b = run_rod(prob, 0.1, 30, c=c, delta=-d)
+    assert np.array_equal(a["centre"], b["centre"])
+    assert np.array_equal(a["delta"], -b["delta"])
+    rf = processes.make("rod_flow", prob, 0.1)
+    y = torch.cat([c, d])
+    f1, f2 = rf.field(0.0, y), rf.field(0.0, torch.cat([c, -d]))
+    assert torch.equal(f1[:2], f2[:2]) and torch.equal(f1[2:], -f2[2:])
+
+
+def test_self_stabilization_centre_sharpness_cycles_around_2_over_eta_while_gradient_flow_rises():
+    """On the caricature ½yx² − αy the rod enters relaxation cycles around 2/η (x collapses deep below the
+    threshold, so y overshoots before the rod reopens); their time average sits at 2/η."""
+    eta, T = 0.1, 400
+    prob = problems.make("self-stabilization", w0=(0.5, 15.0))
+    rod = run_rod(prob, eta, T)
+    gf = processes.make("gradient_flow", prob, eta)
+    gf.start(prob.w0)
+    for _ in range(T):
+        gf.advance()
+    s_rod = np.array([top_sharpness(prob, c) for c in rod["centre"][100::2]])
+    assert abs(s_rod.mean() / (2 / eta) - 1) < 0.05
+    assert s_rod.max() < 1.35 * (2 / eta)
+    assert top_sharpness(prob, gf.point().numpy()) > 2.0 * (2 / eta)
+
+
+# ------------------------------------------------------------------------------------------- onset
+@pytest.fixture(scope="module")
+def valley():
+    """Sharp valley with a faster drift (ε = 0.03): GD's oscillation collapses below the rounding level."""
+    prob = problems.make("sharp-valley", eps=0.03)
+    eta, T = 0.3, 520
+    gd = run_gd(prob, eta, T + 1)
+    osc = np.linalg.norm(gd[2:] - 2 * gd[1:-1] + gd[:-2], axis=1) / 4  # period-2 amplitude at t = 1..T
+    osc = np.concatenate([[np.nan], osc])
+    seeded = run_rod(prob, eta, T)
+    bare = run_rod(prob, eta, T, seed="none")
+    return dict(prob=prob, eta=eta, osc=osc, seeded=seeded, bare=bare)
+
+
+def test_onset_with_rounding_seed_matches_gd_and_without_it_is_late(valley):
+    level = 0.1 * np.nanmedian(valley["osc"][-100:])
+    t_gd = onset_step(valley["osc"], level)
+    t_seed = onset_step(valley["seeded"]["rod_length"], level)
+    t_bare = onset_step(valley["bare"]["rod_length"], level)
+    assert t_gd is not None and t_seed is not None
+    assert abs(t_seed - t_gd) <= 0.1 * t_gd
+    assert t_bare is None or t_bare > t_gd + 0.1 * t_gd
+    # without the seed the rod collapsed far below anything GD ever shows
+    assert np.nanmin(valley["bare"]["rod_length"]) < 1e-30 * np.nanmin(valley["osc"][1:])
+
+
+def test_sharp_valley_centre_settles_at_2_over_eta(valley):
+    eta, prob = valley["eta"], valley["prob"]
+    s = np.array([top_sharpness(prob, c) for c in valley["seeded"]["centre"][-80::4]]) / (2 / eta)
+    assert abs(s.mean() - 1) < 0.01 and np.abs(s - 1).max() < 0.05  # a damped oscillation about 2/η
+    s_bare = top_sharpness(prob, valley["bare"]["centre"][-1])
+    assert s_bare > 1.1 * (2 / eta)  # a rod that never reopens follows gradient flow past the threshold
+
+
+def test_rounding_variance_is_ulp_of_the_operands_along_the_rod():
+    c = torch.tensor([1.0, 1e-3], dtype=torch.float64)
+    assert ulp(c).tolist() == [2.0**-52, math.ulp(1e-3)]
+    assert ulp(torch.zeros(1, dtype=torch.float64)).item() == 0.0
+    delta = torch.tensor([1e-20, 0.0], dtype=torch.float64)
+    var = rounding_variance(c, delta, torch.zeros(2, dtype=torch.float64))
+    assert var.item() == pytest.approx(math.ulp(1.0) ** 2 / 12, rel=1e-12)  # only along the rod's direction
+    c32 = c.to(torch.float32)
+    assert ulp(c32)[0].item() == 2.0**-23
+
+
+# ------------------------------------------------------------------------------------------ process
+def test_two_gradients_per_call_and_correction_costs_two_hvps():
+    prob = problems.make("sharp-valley")
+    for correction, hvps in ((False, 0), (True, 2)):
+        rf = processes.make("rod_flow", prob, 0.3, correction=correction)
+        y = torch.cat([prob.w0, torch.tensor([0.01, 0.0], dtype=torch.float64)])
+        with prob.counting() as spent:
+            rf.field(0.0, y)
+        assert (spent.grad_evals, spent.hvps, spent.d3) == (2, hvps, 0)
+
+
+def test_correction_brings_centre_closer_to_gd_midpoints():
+    eta = 0.02
+    prob = problems.make("quadratic", lambdas=(1.0, 4.0, 8.0))  # ηS = 0.16: the correction is O(η²)
+    gd = run_gd(prob, eta, 21)
+    mid = 0.5 * (gd[1:] + gd[:-1])
+    err = {}
+    for correction in (False, True):
+        rod = run_rod(prob, eta, 20, correction=correction)
+        err[correction] = np.abs(rod["centre"] - mid).max()
+    assert err[True] < 0.5 * err[False]
+
+
+def test_simulate_records_rod_outputs_and_ends_match_gd_iterates():
+    prob = problems.make("quartic", S=12.0, Q=1.0, w0=0.5)
+    res = simulate(prob, 0.2, 60, methods="gd,rod_flow", progress=False, sharpness_every=0)
+    df = res.method("rod_flow")
+    for col in ("loss", "loss_plus", "loss_minus", "loss_pred", "rod_length", "secant_sharpness"):
+        assert df[col].notna().all(), col
+    assert np.allclose(df["loss_pred"], 0.5 * (df["loss_plus"] + df["loss_minus"]))
+    assert np.allclose(df["rod_length"], np.linalg.norm(res.aux["rod_flow"]["delta"], axis=1))
+    ends = res.aux["rod_flow"]["end_iterate"]
+    assert np.abs(ends[0] - prob.w0.numpy()).max() == 0.0
+    assert np.abs(ends[-1] - res.iterates["gd"][-1]).max() < 1e-4
+    summary = res.summary().set_index("method")
+    assert summary.loc["rod_flow", "ends_dist_max"] >= summary.loc["rod_flow", "ends_dist_mean"] > 0
+    assert np.isnan(summary.loc["gd"].get("ends_dist_mean", np.nan))
+
+
+def test_resume_from_state_dict_is_bit_identical():
+    prob = problems.make("sharp-valley")
+    a = processes.make("rod_flow", prob, 0.3)
+    a.start(prob.w0)
+    for _ in range(7):
+        a.advance()
+    b = processes.make("rod_flow", prob, 0.3)
+    b.load_state_dict(a.state_dict())
+    for _ in range(9):
+        a.advance()
+        b.advance()
+    assert torch.equal(a.y, b.y)
+    assert a.observe().scalars == b.observe().scalars
+
+
+@pytest.mark.parametrize(
+    "opts", [dict(seed="sometimes"), dict(seed_scale=-1.0), dict(rtol=0.0), dict(max_step=0.0),
+             dict(correction="yes"), dict(rod_rtol=0.0), dict(colour=1)]
+)
+def test_bad_options_are_one_line_errors(opts):
+    with pytest.raises(RodflowError) as err:
+        processes.make("rod_flow", problems.make("quadratic"), 0.1, **opts)
+    assert "\n" not in str(err.value)
