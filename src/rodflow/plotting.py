@@ -31,7 +31,8 @@ def plot_run(result, outdir=None, fmt: str = "png") -> list[Path]:
     outdir = Path(outdir) if outdir is not None else Path(result.path) / "plots"
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fn in (("loss", plot_loss), ("sharpness", plot_sharpness), ("distance", plot_distance)):
+    for name, fn in (("loss", plot_loss), ("sharpness", plot_sharpness), ("distance", plot_distance),
+                     *_extra_plots()):
         fig = fn(result)
         if fig is None:
             continue
@@ -40,6 +41,16 @@ def plot_run(result, outdir=None, fmt: str = "png") -> list[Path]:
         plt.close(fig)
         paths.append(path)
     return paths
+
+
+# Modules with method-specific figures: each has PLOTS, (name, fn) pairs; fn returns None when it does not apply.
+EXTRA_PLOT_MODULES = ["rodflow.plot_rod"]
+
+
+def _extra_plots() -> list:
+    import importlib
+
+    return [pair for mod in EXTRA_PLOT_MODULES for pair in importlib.import_module(mod).PLOTS]
 
 
 def _title(ax, result, what: str) -> None:
