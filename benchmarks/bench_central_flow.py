@@ -1,6 +1,6 @@
 """Central flow and GD on the reference swish MLP, uninterrupted, against the public reference implementation.
 
-    .venv/bin/python benchmarks/bench_central_flow.py [--steps 1000] [--ref PATH] [--eig-tol 1e-7]
+    .venv/bin/python benchmarks/bench_central_flow.py [--steps 1000] [--ref PATH] [--eig-tol T] [--neigs K]
 
 Runs ``rodflow.simulate`` (methods gd, central_flow; no extra sharpness measurement) from the reference's w0
 at lr 0.2 in float64 and prints: iterate agreement before and after the onset of the edge of stability,
@@ -41,7 +41,7 @@ def smooth(x: np.ndarray, sigma: float) -> np.ndarray:
     return num / den
 
 
-def run(steps: int = 1000, ref_path: str | None = None, eig_tol: float = 1e-7) -> dict:
+def run(steps: int = 1000, ref_path: str | None = None, eig_tol: float | None = None, neigs: int | None = None) -> dict:
     torch.set_num_threads(1)
     path = Path(ref_path) if ref_path else (FULL if FULL.is_file() else COMPACT)
     with np.load(path) as d:
@@ -49,9 +49,10 @@ def run(steps: int = 1000, ref_path: str | None = None, eig_tol: float = 1e-7) -
     full = "w_cf" in ref and ref["w_cf"].shape[0] == ref["cf_loss"].shape[0]
     lr = float(ref["lr"])
     problem = mlp_problem(ref["x"], ref["y"], ref["w0"])
+    opts = {k: v for k, v in (("eig_tol", eig_tol), ("neigs", neigs)) if v is not None}
     start = time.perf_counter()
     result = rodflow.simulate(problem, lr, steps, methods=("gd", "central_flow"), sharpness_every=0,
-                              options={"central_flow": {"eig_tol": eig_tol}}, progress=False)
+                              options={"central_flow": opts}, progress=False)
     total = time.perf_counter() - start
     cf = result.method("central_flow")
     gd = result.method("gd")
@@ -110,9 +111,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--steps", type=int, default=1000)
     ap.add_argument("--ref", default=None)
-    ap.add_argument("--eig-tol", type=float, default=1e-7)
+    ap.add_argument("--eig-tol", type=float, default=None, help="central_flow eig_tol (default: its default)")
+    ap.add_argument("--neigs", type=int, default=None, help="central_flow neigs (default: its default)")
     args = ap.parse_args()
-    out = run(args.steps, args.ref, args.eig_tol)
+    out = run(args.steps, args.ref, args.eig_tol, args.neigs)
     width = max(len(k) for k in out)
     print(f"{'quantity':<{width}}  value")
     for k, v in out.items():

@@ -172,9 +172,21 @@ def test_sdcp_over_all_tracked_eigenvectors():
     alpha, lr = 0.7, 0.25
     p = problems.make("self-stabilization", alpha=alpha, w0=[0.2, 7.5])
     r = rodflow.simulate(p, lr, steps=60, methods=("central_flow",), sharpness_every=0, progress=False,
-                         options={"central_flow": {"sdcp_over": "tracked"}})
+                         options={"central_flow": {"sdcp_over": "tracked", "neigs": 2}})
     cf = r.method("central_flow")
     assert (cf["d3"] == 4 * 3).all()  # two tracked eigenvectors (d = 2): 3 pairs per substep
     assert cf["trace_sigma"].iloc[0] == 0
     assert cf["trace_sigma"].iloc[-1] == pytest.approx(2 * alpha, rel=1e-6)
     assert (cf["qp_residual"].dropna() < 1e-8).all()
+
+
+def test_divergence_is_recorded_with_its_step():
+    """A loss that falls to −∞ in finite time: rows are kept up to the divergence, which is recorded."""
+    p = Problem.from_loss(lambda w: -(w**4).sum(), torch.tensor([1.0], dtype=torch.float64), name="runaway")
+    r = rodflow.simulate(p, 0.1, steps=40, methods=("central_flow",), sharpness_every=0, progress=False,
+                         diverge_factor=1e300)
+    status = r.status["central_flow"]
+    assert status.startswith("diverged at step"), status
+    step = int(status.split("step ")[1].split()[0])
+    cf = r.method("central_flow")
+    assert cf.index.max() == step and np.isfinite(cf["loss"].iloc[:-1]).all()

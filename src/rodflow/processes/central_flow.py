@@ -62,9 +62,9 @@ class CentralFlow(Process):
         lr,
         substeps: int = 4,
         threshold: float = 0.975,
-        neigs: int = 2,
+        neigs: int = 1,
         max_k: int = 8,
-        eig_tol: float = 1e-7,
+        eig_tol: float = 1e-6,
         qp_tol: float = 1e-12,
         sdcp_over: str = "critical",
         seed: int = 0,
@@ -179,7 +179,14 @@ class CentralFlow(Process):
                 if s == 0:
                     self._row.update(loss=float(loss), grad_sq=float(g @ g))
                 if not (math.isfinite(float(loss)) and bool(torch.isfinite(g).all())):
-                    raise ArithmeticError(f"non-finite loss or gradient at substep {s}")
+                    if s == 0:
+                        raise ArithmeticError("non-finite loss or gradient")
+                    # diverged inside the step: commit the non-finite point, so the run records the
+                    # divergence at t + 1 (with row t intact) instead of a failure
+                    self._row.update(trace_sigma=float(np.mean(traces)), qp_residual=residual,
+                                     eig_unconverged=unconverged)
+                    self._next = w
+                    return
                 eig = self._eigs(w)
                 unconverged += int(not eig.converged)
                 e = self.lr * eig.values
