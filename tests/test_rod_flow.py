@@ -158,7 +158,7 @@ def test_correction_brings_centre_closer_to_gd_midpoints():
     assert err[True] < 0.5 * err[False]
 
 
-def test_simulate_records_rod_outputs_and_ends_match_gd_iterates():
+def test_simulate_records_rod_outputs_and_ends_match_gd_iterates(tmp_path):
     prob = problems.make("quartic", S=12.0, Q=1.0, w0=0.5)
     res = simulate(prob, 0.2, 60, methods="gd,rod_flow", progress=False, sharpness_every=0)
     df = res.method("rod_flow")
@@ -172,6 +172,12 @@ def test_simulate_records_rod_outputs_and_ends_match_gd_iterates():
     summary = res.summary().set_index("method")
     assert summary.loc["rod_flow", "ends_dist_max"] >= summary.loc["rod_flow", "ends_dist_mean"] > 0
     assert np.isnan(summary.loc["gd"].get("ends_dist_mean", np.nan))
+    from rodflow.plotting import plot_run
+
+    names = {p.stem for p in plot_run(res, tmp_path / "with")}
+    assert {"rod_length", "rod_centre"} <= names
+    without = simulate(prob, 0.2, 5, methods="gd,gradient_flow", progress=False, sharpness_every=0)
+    assert not {"rod_length", "rod_centre"} & {p.stem for p in plot_run(without, tmp_path / "without")}
 
 
 def test_resume_from_state_dict_is_bit_identical():
