@@ -47,7 +47,7 @@ def chebyshev(n: int = 64, classes: int = 1, degree: int = 5, seed: int = 0) -> 
 
 @register("sorting")
 def sorting(n: int = 128, classes: int = 8, length: int = 5, seed: int = 0) -> Dataset:
-    """Sorting: a causal model reads ``length`` random tokens (vocabulary ``classes``) then emits them sorted.
+    """Sorting task: a causal model reads ``length`` random tokens (vocabulary ``classes``) then emits them sorted.
 
     x = (a_1..a_L, s_1..s_{L-1}) as int tokens, y = (s_1..s_L) with s = sorted(a); the model's outputs at
     positions L-1 .. 2L-2 predict y (teacher forcing).

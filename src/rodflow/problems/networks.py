@@ -84,7 +84,7 @@ def _factory(arch: str, dataset: str):
         return build(arch, dataset, dtype=dtype, **{**defaults, **kw})
 
     kind = data.REGISTRY.get(dataset).__doc__.strip().splitlines()[0]
-    factory.__doc__ = f"{models.__dict__[_CLASS[arch]].__doc__.splitlines()[0].rstrip('.')} on {kind}"
+    factory.__doc__ = f"{_DESC[arch]} on: {kind}"
     params = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in defaults.items()]
     params.append(inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=torch.float64))
     factory.__signature__ = inspect.Signature(params)
@@ -92,7 +92,9 @@ def _factory(arch: str, dataset: str):
     return factory
 
 
-_CLASS = {"mlp": "MLP", "cnn": "CNN", "resnet": "ResNet", "vit": "ViT", "transformer": "CausalTransformer"}
+_DESC = {"mlp": "MLP (depth × width, flattened inputs)", "cnn": "CNN (3×3 convolutions + 2×2 average pooling)",
+         "resnet": "Small ResNet (3×3 stem, residual blocks, no normalisation)",
+         "vit": "Tiny ViT (patches, pre-LN attention blocks)", "transformer": "Small causal transformer"}
 
 for _name in COMBOS:
     _arch, _dataset = _name.split("-", 1)
