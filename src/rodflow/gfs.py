@@ -1,0 +1,522 @@
+"""GFS sharpness (science.md §4): the sharpness of the point gradient flow reaches from ``w``.
+
+``Φ(w)`` is the limit of gradient flow ``dw/dt = −∇L(w)`` started at ``w`` (the time scale does not change the
+limit) and ``φ(w) = λ_max(H(Φ(w)))``. When gradient flow does not reach a minimiser the answer is NaN with the
+reason, never the sharpness of a non-minimiser.
+
+Solvers, chosen automatically from ``problem.extras``:
+
+- ``scalar-closed-form`` — ``L = ½(∏ w_i − y)²``. Gradient flow conserves ``w_i² − w_j²``, so
+  ``Φ(w)_i² = w_i² + τ`` with ``τ`` the unique root of ``∏(w_i² + τ) = y²`` on ``τ > −min w_i²``. Signs are kept
+  when ``y ∏ w_i > 0``. When ``y ∏ w_i < 0`` the flow drives ``τ`` down to ``−min w_i²``: if exactly one weight
+  attains ``min |w_i|`` it reaches zero in finite time (``dτ/dt ∝ √(τ − τ_min)``), crosses, and the flow then
+  converges with that one sign flipped; if two or more attain it they vanish together only asymptotically and
+  the flow converges to a saddle with loss ``y²/2`` (NaN). ``φ = Σ_i y² / (w_i² + τ)``.
+- ``squared-regression-dual`` — ``L = (1/2n)‖X(w⊙w) − y‖²``: ``dβ/dt = −(4/n) β ⊙ Xᵀr`` for ``β = w⊙w``, so
+  ``β = β0 ⊙ exp(Xᵀc)``, ``w = w0 ⊙ exp(Xᵀc/2)``; the limit interpolates, ``Xβ(c) = y``, which is the
+  stationarity condition of the convex ``F(c) = Σ_j β0_j exp((Xᵀc)_j) − yᵀc`` (solved by damped Newton).
+  At a zero-residual point ``H = (4/n) diag(w) XᵀX diag(w)``, so ``φ = (4/n) λ_max(X diag(w²) Xᵀ)``.
+- ``diagonal-dual`` — ``L = (1/2n)‖X(u⊙v) − y‖²`` over ``w = (u, v)``: with ``a = u + v``, ``b = u − v``,
+  ``a = a0 ⊙ exp(z)``, ``b = b0 ⊙ exp(−z)``, ``z = Xᵀc`` (``u_i² − v_i²`` is conserved);
+  ``F(c) = Σ_j (a0_j² e^{2z_j} + b0_j² e^{−2z_j})/8 − yᵀc`` and ``φ = (1/n) λ_max(X diag(u² + v²) Xᵀ)``.
+- ``numerical`` — any problem: adaptive Dormand-Prince on ``−∇L`` (the controller holds the step at the
+  stability limit ~3.3/S of the stiff flow), and every time ‖∇L‖ has fallen tenfold a Newton polish is tried:
+  ``δ = −H⁺∇L`` by conjugate gradients from HVPs (the minimum-norm step, which lands where gradient flow lands up
+  to O(‖δ‖²) even on a manifold of minimisers). The polish is accepted when it converges quadratically and the
+  sharpness moved by at most ``tol·φ`` over it; that first-order change is reported as ``error`` (an upper bound
+  on the second-order discrepancy). This replaces the slow tail of the flow (rate = smallest curvature) by a few
+  CG solves. A final negative-curvature check rejects saddles.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from typing import Any
+
+import numpy as np
+import torch
+
+from .errors import RodflowError
+from .integrators import DormandPrince, IntegrationError
+from .linalg.eigs import top_eigs
+from .problem import Problem
+
+Tensor = torch.Tensor
+EPS = float(np.finfo(np.float64).eps)
+METHODS = ("auto", "exact", "numerical")
+
+
+@dataclasses.dataclass
+class GFSResult:
+    """The GFS point and its sharpness, with how they were obtained."""
+
+    sharpness: float  # φ(w); NaN when gradient flow does not reach a minimiser
+    point: Tensor | None  # Φ(w), or the last point reached when NaN (None if there is none)
+    method: str  # scalar-closed-form, squared-regression-dual, diagonal-dual or numerical
+    converged: bool
+    reason: str  # "" when converged, else why φ is NaN
+    time: float  # gradient-flow time integrated (inf for the exact solvers: the limit is asymptotic)
+    loss: float  # L(Φ(w))
+    grad_norm: float  # ‖∇L(Φ(w))‖
+    error: float  # estimated absolute error of `sharpness`
+    grad_evals: int
+    hvps: int
+    wall_s: float = 0.0
+
+    def as_row(self, prefix: str = "gfs_") -> dict[str, Any]:
+        return {
+            f"{prefix}sharpness": self.sharpness,
+            f"{prefix}converged": float(self.converged),
+            f"{prefix}error": self.error,
+            f"{prefix}grad_evals": self.grad_evals,
+            f"{prefix}hvps": self.hvps,
+            f"{prefix}wall_s": self.wall_s,
+        }
+
+
+@dataclasses.dataclass
+class GFSOptions:
+    """Numerical-solver options. ``tol``: target relative error of φ; ``rtol``/``atol``: Dormand-Prince local
+    error tolerances (``atol`` relative to max(1, ‖w‖/√d)); ``max_grad_evals``: budget, after which φ is NaN."""
+
+    method: str = "auto"
+    tol: float = 1e-6
+    rtol: float = 1e-7
+    atol: float = 1e-9
+    max_grad_evals: int = 200_000
+    cg_maxiter: int = 200
+    eig_tol: float = 1e-9
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.method not in METHODS:
+            raise RodflowError(f"unknown GFS method {self.method!r}; choose one of {', '.join(METHODS)}")
+        for name in ("tol", "rtol"):
+            value = getattr(self, name)
+            if not (isinstance(value, (int, float)) and 0 < value < 1):
+                raise RodflowError(f"GFS option {name} must be in (0, 1), got {value!r}")
+        if not self.atol >= 0:
+            raise RodflowError(f"GFS option atol must be >= 0, got {self.atol!r}")
+        if int(self.max_grad_evals) < 10 or int(self.cg_maxiter) < 1:
+            raise RodflowError("GFS options need max_grad_evals >= 10 and cg_maxiter >= 1")
+
+
+class GFSSolver:
+    """Computes Φ and φ at many points of one problem, warm-starting the eigensolver between calls."""
+
+    def __init__(self, problem: Problem, **options: Any):
+        if not isinstance(problem, Problem):
+            raise RodflowError(f"gfs needs a rodflow.Problem, got {type(problem).__name__}")
+        known = {f.name for f in dataclasses.fields(GFSOptions)}
+        for key in options:
+            if key not in known:
+                raise RodflowError(f"unknown GFS option {key!r}; options: {', '.join(sorted(known))}")
+        self.problem = problem
+        self.options = GFSOptions(**options)
+        self.basis: Tensor | None = None
+        self.generator = torch.Generator().manual_seed(self.options.seed)
+        self.exact = _exact_kind(problem)
+        if self.options.method == "exact" and self.exact is None:
+            raise RodflowError(
+                f"problem {problem.name!r} has no exact GFS solver (scalar network, squared regression or diagonal "
+                "linear network); use method='auto' or 'numerical'"
+            )
+
+    def __call__(self, w) -> GFSResult:
+        w = _as_point(self.problem, w)
+        start = time.perf_counter()
+        with self.problem.counting() as spent:
+            if self.exact is not None and self.options.method != "numerical":
+                res = self.exact(self.problem, w, self)
+                if res is None:  # outside the closed form's domain (e.g. y = 0): integrate instead
+                    res = _numerical(self.problem, w, self)
+            else:
+                res = _numerical(self.problem, w, self)
+        res.grad_evals = spent.grad_evals
+        res.hvps = spent.hvps
+        res.wall_s = time.perf_counter() - start
+        return res
+
+
+def gfs_point(problem: Problem, w=None, **options: Any) -> GFSResult:
+    """Φ(w) with diagnostics (``result.point``); ``w`` defaults to ``problem.w0``. Options: :class:`GFSOptions`."""
+    return GFSSolver(problem, **options)(problem.w0 if w is None else w)
+
+
+def gfs_sharpness(problem: Problem, w=None, **options: Any) -> GFSResult:
+    """φ(w) = λ_max(H(Φ(w))) with diagnostics (``result.sharpness``; NaN with ``result.reason`` when undefined)."""
+    return gfs_point(problem, w, **options)
+
+
+# ------------------------------------------------------------------------------------------------- helpers
+def _as_point(problem: Problem, w) -> Tensor:
+    if isinstance(w, torch.Tensor):
+        t = w.detach().to(problem.dtype).reshape(-1)
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(w, dtype=float), dtype=problem.dtype).reshape(-1)
+        except (TypeError, ValueError):
+            raise RodflowError(f"w must be a flat vector of numbers, got {type(w).__name__}") from None
+    if t.numel() != problem.d:
+        raise RodflowError(f"w has {t.numel()} entries but problem {problem.name!r} has {problem.d} parameters")
+    if not bool(torch.isfinite(t).all()):
+        raise RodflowError("w contains NaN or infinite entries")
+    return t
+
+
+def _exact_kind(problem: Problem):
+    ex = problem.extras
+    if "scalar_network" in ex:
+        return _scalar_exact
+    if "squared_regression" in ex:
+        return _squared_regression_exact
+    if "diagonal_network" in ex:
+        return _diagonal_exact
+    return None
+
+
+def _finish(problem, point: Tensor, phi: float, method: str, error: float, reason: str = "") -> GFSResult:
+    loss, g = problem.loss_grad(point)
+    ok = not reason and math.isfinite(phi)
+    return GFSResult(phi if ok else math.nan, point, method, ok, reason, math.inf if ok else math.nan,
+                     float(loss), float(g.norm()), error if ok else math.nan, 0, 0)
+
+
+def _nan(problem, point: Tensor | None, method: str, reason: str, t: float = math.nan) -> GFSResult:
+    loss = gn = math.nan
+    if point is not None and bool(torch.isfinite(point).all()):
+        l, g = problem.loss_grad(point)
+        loss, gn = float(l), float(g.norm())
+    return GFSResult(math.nan, point, method, False, reason, t, loss, gn, math.nan, 0, 0)
+
+
+# ------------------------------------------------------------------------------------------ scalar network
+def scalar_network_gfs(w: np.ndarray, y: float) -> tuple[np.ndarray | None, float, str]:
+    """(Φ(w), φ(w), reason) for ½(∏ w_i − y)², y ≠ 0, in float64; reason is "" on success."""
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    y = float(y)
+    if y == 0 or not math.isfinite(y):
+        raise ValueError("the scalar-network closed form needs a finite target y != 0")
+    D = w.size
+    signs = np.sign(w)
+    zeros = np.flatnonzero(w == 0)
+    if zeros.size >= 2:
+        return None, math.nan, (f"{zeros.size} weights are exactly 0: ∇L = 0 at a non-minimiser (saddle), "
+                                "gradient flow does not move")
+    if zeros.size == 1:  # the flow leaves 0 at once, with the sign that makes ∏ w agree with y
+        k = zeros[0]
+        signs[k] = math.copysign(1.0, y * float(np.prod(np.delete(w, k))))
+    elif np.sign(np.prod(w)) != np.sign(y):
+        absw = np.abs(w)
+        k = int(np.argmin(absw))
+        if np.count_nonzero(absw == absw[k]) >= 2:
+            return None, math.nan, ("y·∏w < 0 and the smallest |w_i| is shared by several weights: they vanish "
+                                    "together and gradient flow converges to a saddle (loss y²/2)")
+        signs[k] = -signs[k]  # the unique smallest weight crosses zero in finite time
+    sq = w * w
+    a = sq - sq.min()  # ≥ 0, exactly 0 at an argmin: Φ_i² = a_i + u with u = τ + min w²
+    log_y2 = 2.0 * math.log(abs(y))
+
+    def g(s: float) -> float:
+        return float(np.sum(np.log(a + math.exp(s)))) - log_y2
+
+    from scipy.optimize import brentq
+
+    s_hi = log_y2 / D  # Σ log(a_i + u) ≥ D log u = log y² there
+    step = 1.0
+    s_lo = s_hi - step
+    while g(s_lo) >= 0:
+        step *= 2.0
+        s_lo = s_hi - step
+        if step > 4000:  # u below the smallest float: the target is unreachable in float64
+            return None, math.nan, "the GFS is below float64 range"
+    s = brentq(g, s_lo, s_hi, xtol=1e-15, rtol=4 * EPS, maxiter=500)
+    u = math.exp(s)
+    for _ in range(3):  # Newton polish in u: g(u) = Σ log(a_i + u) − log y², g' = Σ 1/(a_i + u)
+        val = float(np.sum(np.log(a + u))) - log_y2
+        du = -val / float(np.sum(1.0 / (a + u)))
+        u_new = max(u + du, 0.5 * u)
+        if u_new == u:
+            break
+        u = u_new
+    r2 = a + u
+    point = signs * np.sqrt(r2)
+    phi = float(np.sum(y * y / r2))
+    return point, phi, ""
+
+
+def _scalar_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult | None:
+    spec = problem.extras["scalar_network"]
+    y = float(spec["y"])
+    if y == 0:
+        return None
+    point, phi, reason = scalar_network_gfs(w.double().numpy(), y)
+    if reason:
+        return _nan(problem, w, "scalar-closed-form", reason)
+    D = point.size
+    err = 16 * D * EPS * phi  # a root of a monotone 1-D function to a few ulp; φ is a sum of D positive terms
+    return _finish(problem, torch.as_tensor(point, dtype=problem.dtype), phi, "scalar-closed-form", err)
+
+
+# ------------------------------------------------------------------------------------ convex-dual solvers
+def _newton_dual(X: np.ndarray, y: np.ndarray, grad_hess, maxiter: int = 200):
+    """Minimise a smooth convex F(c) whose gradient is X β(c) − y by damped Newton (pseudo-inverse steps).
+
+    ``grad_hess(c) -> (F, β, curvature weights q)`` with ∇²F = X diag(q) Xᵀ. Returns (c, β, converged, note).
+    """
+    n = X.shape[0]
+    c = np.zeros(n)
+    scale = max(1.0, float(np.linalg.norm(y)))
+    F, beta, q = grad_hess(c)
+    for it in range(maxiter):
+        grad = X @ beta - y
+        gn = float(np.linalg.norm(grad))
+        if gn <= 1e-14 * scale * max(1.0, float(np.abs(X).max()) * float(np.abs(beta).sum()) / scale):
+            return c, beta, True, ""
+        Hm = (X * q) @ X.T
+        step, *_ = np.linalg.lstsq(Hm, -grad, rcond=1e-13)
+        slope = float(grad @ step)
+        if not slope < 0:
+            return c, beta, False, "Newton direction is not a descent direction"
+        t = 1.0
+        while True:
+            c_new = c + t * step
+            with np.errstate(over="ignore", invalid="ignore"):
+                F_new, beta_new, q_new = grad_hess(c_new)
+            if math.isfinite(F_new) and F_new <= F + 1e-4 * t * slope + 1e-15 * abs(F):
+                break
+            t *= 0.5
+            if t < 1e-12:
+                # no decrease possible at working precision: accept if the residual is already tiny
+                ok = gn <= 1e-10 * scale
+                return c, beta, ok, "" if ok else "line search failed (the dual may be unbounded)"
+        if float(np.linalg.norm(c_new)) > 1e6:
+            return c, beta, False, "the dual variable diverges: y is not reachable by an interpolating point"
+        c, F, beta, q = c_new, F_new, beta_new, q_new
+    grad = X @ beta - y
+    ok = float(np.linalg.norm(grad)) <= 1e-10 * scale
+    return c, beta, ok, "" if ok else f"Newton did not converge in {maxiter} iterations"
+
+
+def squared_regression_gfs(X, y, w) -> tuple[np.ndarray | None, float, float, str]:
+    """(Φ(w), φ, error estimate, reason) for L = (1/2n)‖X(w⊙w) − y‖²."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    w = np.asarray(w, dtype=np.float64).reshape(-1)
+    n = X.shape[0]
+    beta0 = w * w
+
+    def fgq(c):
+        z = X.T @ c
+        beta = beta0 * np.exp(z)
+        return float(beta.sum() - y @ c), beta, beta
+
+    c, beta, ok, note = _newton_dual(X, y, fgq)
+    point = w * np.exp(0.5 * (X.T @ c))
+    if not ok:
+        return point, math.nan, math.nan, f"gradient flow does not interpolate: {note}"
+    M = (X * (point * point)) @ X.T * (4.0 / n)
+    phi = float(np.linalg.eigvalsh(0.5 * (M + M.T))[-1])
+    err = _dual_error(X, y, beta, phi, n, 4.0)
+    return point, phi, err, ""
+
+
+def diagonal_network_gfs(X, y, u, v) -> tuple[np.ndarray | None, np.ndarray | None, float, float, str]:
+    """(Φ_u, Φ_v, φ, error estimate, reason) for L = (1/2n)‖X(u⊙v) − y‖²."""
+    X = np.asarray(X, dtype=np.float64)
+    y = np.asarray(y, dtype=np.float64).reshape(-1)
+    u = np.asarray(u, dtype=np.float64).reshape(-1)
+    v = np.asarray(v, dtype=np.float64).reshape(-1)
+    n = X.shape[0]
+    a0, b0 = u + v, u - v
+    A, B = a0 * a0, b0 * b0
+
+    def fgq(c):
+        z = X.T @ c
+        ep, em = np.exp(2 * z), np.exp(-2 * z)
+        F = float((A * ep + B * em).sum() / 8 - y @ c)
+        return F, (A * ep - B * em) / 4, (A * ep + B * em) / 2
+
+    c, beta, ok, note = _newton_dual(X, y, fgq)
+    z = X.T @ c
+    a, b = a0 * np.exp(z), b0 * np.exp(-z)
+    pu, pv = 0.5 * (a + b), 0.5 * (a - b)
+    if not ok:
+        return pu, pv, math.nan, math.nan, f"gradient flow does not interpolate: {note}"
+    M = (X * (pu * pu + pv * pv)) @ X.T / n
+    phi = float(np.linalg.eigvalsh(0.5 * (M + M.T))[-1])
+    err = _dual_error(X, y, beta, phi, n, 1.0)
+    return pu, pv, phi, err, ""
+
+
+def _dual_error(X, y, beta, phi, n, factor) -> float:
+    """Error of φ from the remaining residual: a Newton step of size ~‖r‖/σ_min moves w relatively by about
+    that much, and φ is quadratic in w; floored at 100 ulp."""
+    r = float(np.linalg.norm(X @ beta - y))
+    return phi * (r / max(float(np.linalg.norm(y)), 1e-300)) + 100 * EPS * phi
+
+
+def _squared_regression_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
+    spec = problem.extras["squared_regression"]
+    point, phi, err, reason = squared_regression_gfs(spec["X"], spec["y"], w.double().numpy())
+    pt = torch.as_tensor(point, dtype=problem.dtype)
+    if reason:
+        return _nan(problem, pt, "squared-regression-dual", reason)
+    return _finish(problem, pt, phi, "squared-regression-dual", err)
+
+
+def _diagonal_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
+    spec = problem.extras["diagonal_network"]
+    p = w.numel() // 2
+    wn = w.double().numpy()
+    pu, pv, phi, err, reason = diagonal_network_gfs(spec["X"], spec["y"], wn[:p], wn[p:])
+    pt = torch.as_tensor(np.concatenate([pu, pv]), dtype=problem.dtype)
+    if reason:
+        return _nan(problem, pt, "diagonal-dual", reason)
+    return _finish(problem, pt, phi, "diagonal-dual", err)
+
+
+# ---------------------------------------------------------------------------------------------- numerical
+def _top(problem: Problem, w: Tensor, solver: GFSSolver, sign: float = 1.0, basis=None):
+    res = top_eigs(
+        (lambda V: problem.hvp_block(w, V)) if sign > 0 else (lambda V: -problem.hvp_block(w, V)),
+        problem.d, 1, X0=basis, tol=solver.options.eig_tol, dtype=w.dtype, generator=solver.generator,
+    )
+    return float(res.values[0]), res
+
+
+def _cg(problem: Problem, w: Tensor, b: Tensor, maxiter: int, rtol: float, curv_scale: float):
+    """Solve H x = b from x = 0 by conjugate gradients (minimum-norm solution for consistent PSD systems).
+
+    Returns (x, status) with status "converged", "negative curvature" or "maxiter"."""
+    x = torch.zeros_like(b)
+    r = b.clone()
+    p = r.clone()
+    rr = float(r @ r)
+    b_norm = math.sqrt(rr)
+    if b_norm == 0:
+        return x, "converged"
+    best = (math.inf, x)
+    for _ in range(maxiter):
+        Hp = problem.hvp(w, p)
+        pHp = float(p @ Hp)
+        if not pHp > 0:
+            # a numerically null direction (|pᵀHp| at roundoff level) ends CG at the minimum-norm iterate
+            # (a residual-sized curvature, ~√(‖∇L‖·S), is null at this accuracy)
+            null = max(1e3 * float(torch.finfo(b.dtype).eps) * curv_scale, math.sqrt(b_norm * curv_scale))
+            if abs(pHp) <= null * float(p @ p):
+                return x, "converged"
+            return x, "negative curvature"
+        alpha = rr / pHp
+        x = x + alpha * p
+        r = r - alpha * Hp
+        rr_new = float(r @ r)
+        if math.sqrt(rr_new) <= rtol * b_norm:
+            return x, "converged"
+        best = min(best, (math.sqrt(rr_new), x), key=lambda z: z[0])
+        p = r + (rr_new / rr) * p
+        rr = rr_new
+    # ill-conditioned: the best iterate is still a useful Newton step if it reduced the residual a lot;
+    # the caller accepts it only if the gradient then falls superlinearly
+    return (best[1], "converged") if best[0] <= 1e-3 * b_norm else (x, "maxiter")
+
+
+def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
+    opts = solver.options
+    method = "numerical"
+    start_evals = problem.counts.grad_evals
+    scale = max(1.0, float(w.norm()) / math.sqrt(problem.d))
+    ode = DormandPrince(lambda t, x: -problem.grad(x), w, rtol=opts.rtol, atol=opts.atol * scale)
+    floor = 1e3 * float(torch.finfo(w.dtype).eps)
+    g0 = float(ode.fy.norm())
+    next_try = g0  # try a Newton polish at once: a start near a minimiser needs no integration
+    last_try = 0
+    while True:
+        x, g = ode.y, -ode.fy
+        gn = float(g.norm())
+        if not (math.isfinite(gn) and bool(torch.isfinite(x).all())):
+            return _nan(problem, None, method, f"gradient flow diverged (non-finite) at t={ode.t:.4g}", ode.t)
+        used = problem.counts.grad_evals - start_evals
+        # retry when ‖∇L‖ fell tenfold, or when the work doubled (an explicit method at its stability limit
+        # keeps the stiff component of ∇L at the size of its error tolerance, so ‖∇L‖ can plateau)
+        if gn <= next_try or used >= max(2 * last_try, last_try + 200):
+            last_try = used
+            done = _polish(problem, x, g, solver, floor)
+            if done is not None:
+                point, phi, err, note = done
+                if note:
+                    return _nan(problem, point, method, note, ode.t)
+                loss, gp = problem.loss_grad(point)
+                return GFSResult(phi, point, method, True, "", ode.t, float(loss), float(gp.norm()), err, 0, 0)
+            next_try = 0.1 * gn
+        if problem.counts.grad_evals - start_evals > opts.max_grad_evals:
+            return _nan(problem, x, method,
+                        f"budget of {opts.max_grad_evals} gradient evaluations exhausted at t={ode.t:.4g} "
+                        f"(‖∇L‖ = {gn:.3g}); raise max_grad_evals", ode.t)
+        try:
+            ode.advance_to(ode.t + 0.5 * min(ode.h, 1e300))  # exactly one accepted step
+        except IntegrationError as exc:
+            return _nan(problem, x, method, f"gradient flow integration failed: {exc}", ode.t)
+
+
+def _polish(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float):
+    """Newton-CG from a point of the flow. None: not yet in the quadratic regime (keep integrating);
+    else (point, φ, error, reason)."""
+    opts = solver.options
+    s_old, res_old = _top(problem, x, solver, basis=solver.basis)
+    if not s_old > 0:
+        return None
+    y = x
+    gn0 = gn = float(g.norm())
+    for _ in range(4):
+        if gn <= floor * s_old * max(1.0, float(y.norm())):
+            break
+        delta, status = _cg(problem, y, -g, opts.cg_maxiter, rtol=1e-10, curv_scale=s_old)
+        if status != "converged":
+            return None
+        y_new = y + delta
+        _, g_new = problem.loss_grad(y_new)
+        gn_new = float(g_new.norm())
+        if not gn_new <= max(0.25 * gn * min(1.0, gn / gn0) ** 0.5, floor * s_old * max(1.0, float(y.norm()))):
+            return None  # not converging quadratically: outside the Newton region
+        y, g, gn = y_new, g_new, gn_new
+    s_new, res_new = _top(problem, y, solver, basis=res_old.basis)
+    solver.basis = res_new.basis
+    err = abs(s_new - s_old) + opts.eig_tol * abs(s_new)
+    if err > opts.tol * abs(s_new):
+        return None
+    neg, _ = _top(problem, y, solver, sign=-1.0)  # −λ_min(H)
+    if neg > max(1e3 * opts.tol, 1e-6) * s_new:
+        return y, math.nan, math.nan, (f"gradient flow reaches a stationary point that is not a minimiser "
+                                       f"(λ_min(H) = {-neg:.3g})")
+    return y, s_new, err, ""
+
+
+# --------------------------------------------------------------------------------------------- monotonicity
+def monotonicity(phi, error=None, rel_floor: float = 0.0) -> dict[str, float]:
+    """Increases of φ along a run beyond what the solver's own error explains.
+
+    ``phi`` and ``error`` are sequences over the evaluated steps (NaNs skipped). An increase from one evaluation
+    to the next counts when it exceeds the sum of the two error estimates (plus ``rel_floor``·φ). Returns the
+    number of evaluations, of counted increases, the largest and total counted increase (absolute and relative
+    to φ), and the number of NaN evaluations.
+    """
+    phi = np.asarray(phi, dtype=float)
+    err = np.zeros_like(phi) if error is None else np.asarray(error, dtype=float)
+    ok = np.isfinite(phi)
+    p, e = phi[ok], np.where(np.isfinite(err[ok]), err[ok], 0.0)
+    out = {"gfs_evals": int(ok.sum()), "gfs_nan": int((~ok).sum()), "gfs_increases": 0,
+           "gfs_max_increase": 0.0, "gfs_max_increase_rel": 0.0, "gfs_total_increase": 0.0}
+    if p.size < 2:
+        return out
+    rise = np.diff(p)
+    tol = e[1:] + e[:-1] + rel_floor * np.abs(p[1:])
+    bad = rise > tol
+    out["gfs_increases"] = int(bad.sum())
+    if bad.any():
+        out["gfs_max_increase"] = float(rise[bad].max())
+        out["gfs_max_increase_rel"] = float((rise[bad] / np.abs(p[:-1][bad])).max())
+        out["gfs_total_increase"] = float(rise[bad].sum())
+    return out
