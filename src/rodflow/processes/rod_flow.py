@@ -126,9 +126,19 @@ class RodFlow(Process):
         """Right-hand side at state y = (c, δ): two gradient evaluations (+ two HVPs with correction)."""
         d, eta = self.d, self.lr
         c, delta = y[:d], y[d:]
-        _, gp = self.problem.loss_grad(c + delta)
-        _, gm = self.problem.loss_grad(c - delta)
+        # A rod shorter than the resolution of its ends (c + δ == c − δ in floating point) has a secant of pure
+        # rounding noise: evaluate the two gradients at c ± sδ, resolvable, and divide their difference by s.
+        # For such a rod the dynamics are linear in δ, so this is the same secant; the centre moves by O((s‖δ‖)²).
+        n = float(delta.norm())
+        s = 1.0
+        if n > 0:
+            floor = math.sqrt(torch.finfo(y.dtype).eps) * max(float(c.abs().max()), 1e-300)
+            s = max(1.0, floor / n)
+        _, gp = self.problem.loss_grad(c + s * delta)
+        _, gm = self.problem.loss_grad(c - s * delta)
         gs = gp + gm
+        if s != 1.0:
+            gp, gm = 0.5 * gs + 0.5 * (gp - gm) / s, 0.5 * gs - 0.5 * (gp - gm) / s
         dc = -0.5 * eta * gs
         if self.correction:
             dc = dc - (eta * eta / 8.0) * (self.problem.hvp(c + delta, gs) + self.problem.hvp(c - delta, gs))
