@@ -82,7 +82,7 @@ class GFSOptions:
     error tolerances (``atol`` relative to max(1, ‖w‖/√d)); ``max_grad_evals``: budget, after which φ is NaN."""
 
     method: str = "auto"
-    tol: float = 1e-6
+    tol: float = 1e-4
     rtol: float = 1e-7
     atol: float = 1e-9
     max_grad_evals: int = 200_000

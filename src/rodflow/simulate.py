@@ -55,6 +55,7 @@ def simulate(
     progress: bool | None = None,
     eig_tol: float | None = None,
     diverge_factor: float = 1e8,
+    gfs_every: int = 0,
 ) -> Result:
     """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
 
@@ -63,12 +64,14 @@ def simulate(
     Gaussian random projection to k dimensions, for large models; distances to GD are always exact).
     ``options`` maps a method to its options (``rodflow.processes.options(name)`` lists them). With ``out``,
     a run directory is written as the run goes (see ``rodflow.records``). ``progress=None`` shows a bar
-    when stderr is a terminal.
+    when stderr is a terminal. ``gfs_every=N`` records the GFS sharpness φ (``rodflow.gfs``) of every method's
+    point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...
     """
     torch_dtype = resolve_dtype(dtype)
     config = make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates,
                          dtype_name(torch_dtype), seed, options, checkpoint_every, checkpoint_seconds,
                          eig_tol, diverge_factor)
+    config["gfs_every"] = _count("gfs_every", gfs_every, minimum=0)
     problem = problem.to(torch_dtype)
     run = _Run(problem, config, Path(out) if out is not None else None)
     return run.execute(progress)
@@ -180,6 +183,7 @@ class _Run:
             m: SharpnessTracker(problem, config["neigs"], config["eig_tol"], seed=config["seed"] * 7919 + i)
             for i, m in enumerate(self.methods)
         }
+        self.gfs: dict[str, Any] = {}
         self.status = {m: "ok" for m in self.methods}
         self.active = {m: True for m in self.methods}
         self.scale: dict[str, tuple[float, float]] = {}
@@ -283,10 +287,17 @@ class _Run:
         if k > 1:
             for i in range(k):
                 row[f"eig_{i + 1}"] = float(eigs[i])
+        gfs_every = self.config.get("gfs_every", 0)
+        if gfs_every and t % gfs_every == 0 and not diverged:
+            from .gfs import GFSSolver
+
+            solver = self.gfs.setdefault(m, GFSSolver(self.problem, seed=self.config["seed"]))
+            row.update(solver(p).as_row())
         row["grad_evals"] = spent.grad_evals
         row["hvps"] = spent.hvps
         row["d3"] = spent.d3
-        row["wall_s"] = dyn_wall + (time.perf_counter() - start) - row.get("sharpness_wall_s", 0.0)
+        row["wall_s"] = (dyn_wall + (time.perf_counter() - start) - row.get("sharpness_wall_s", 0.0)
+                        - row.get("gfs_wall_s", 0.0))
         arrays = dict(obs.arrays)
         if self.config["record_iterates"] is not False:
             arrays[ITERATE] = p.detach().cpu().numpy()

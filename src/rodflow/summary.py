@@ -52,6 +52,12 @@ def summarize(result) -> pd.DataFrame:
         for col in ("grad_evals", "hvps", "d3", "sharpness_hvps"):
             if col in df:
                 row[col] = int(df[col].fillna(0).sum())
+        if "gfs_sharpness" in df and df["gfs_sharpness"].notna().any():
+            from .gfs import monotonicity
+
+            rows_gfs = df[df["gfs_converged"].notna()]
+            row["final_gfs_sharpness"] = _last(df["gfs_sharpness"])
+            row.update(monotonicity(rows_gfs["gfs_sharpness"], rows_gfs.get("gfs_error")))
         row["grad_evals_per_step"] = row.get("grad_evals", 0) / max(1, row["steps"])
         row["wall_s"] = float(df["wall_s"].sum())
         rows.append(row)

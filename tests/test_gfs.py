@@ -1,0 +1,236 @@
+"""GFS sharpness: exact solvers against numerical gradient flow, the numerical solver's accuracy, NaN cases,
+monotonicity along GD, and the simulate integration."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rodflow import Problem, RodflowError, problems, simulate
+from rodflow.gfs import GFSSolver, gfs_point, gfs_sharpness, monotonicity, scalar_network_gfs
+from rodflow.integrators import DormandPrince
+
+
+def reference_flow(p, w, gtol=1e-10, t_max=5e3):
+    """Plain tight Dormand-Prince gradient flow until ‖∇L‖ < gtol (independent of rodflow.gfs)."""
+    ode = DormandPrince(lambda t, x: -p.grad(x), torch.as_tensor(w, dtype=torch.float64), rtol=1e-12, atol=1e-14)
+    T = 1.0
+    while T < t_max:
+        x = ode.advance_to(T)
+        if float(ode.fy.norm()) < gtol:
+            return ode.y
+        T *= 1.5
+    raise AssertionError(f"reference flow did not converge (‖g‖={float(ode.fy.norm()):.3g})")
+
+
+def top_eig(p, x):
+    return float(torch.linalg.eigvalsh(p.hessian(x))[-1])
+
+
+@pytest.mark.parametrize("depth,y,w", [
+    (2, 1.5, [1.2, 0.7]),
+    (2, -0.8, [2.0, 0.3]),          # y·∏w < 0: the smaller weight crosses zero
+    (3, 1.5, [2.0, -0.3, 0.9]),     # y·∏w < 0 with depth 3
+    (4, 1.0, [1.1, 0.6, 0.5, 0.9]),
+    (5, 2.0, [0.9, 1.3, -1.0, 1.1, -0.8]),
+    (1, 3.0, [-0.5]),
+])
+def test_scalar_closed_form_matches_gradient_flow(depth, y, w):
+    p = problems.make("scalar-network", depth=depth, y=y, w0=w)
+    res = gfs_sharpness(p)
+    assert res.converged and res.method == "scalar-closed-form" and res.reason == ""
+    x = reference_flow(p, p.w0)
+    assert float((res.point - x).norm()) <= 1e-8 * float(x.norm())
+    assert abs(res.sharpness - top_eig(p, x)) <= 1e-8 * res.sharpness
+    assert res.loss < 1e-25 and res.time == math.inf
+    # conserved quantities: w_i² − w_j² unchanged
+    w0 = np.asarray(w)
+    assert np.allclose(np.diff(res.point.numpy() ** 2), np.diff(w0**2), rtol=0, atol=1e-12)
+
+
+def test_scalar_depth2_formula():
+    rng = np.random.default_rng(1)
+    for _ in range(20):
+        w, y = rng.normal(size=2) * 2, rng.normal() * 3
+        _, phi, reason = scalar_network_gfs(w, y)
+        if reason:
+            continue
+        assert phi == pytest.approx(math.sqrt((w[0] ** 2 - w[1] ** 2) ** 2 + 4 * y * y), rel=1e-13)
+
+
+def test_scalar_extreme_scales():
+    # deep, tiny and huge weights: the log-form root find stays accurate
+    w = np.array([1e-6, 1e3, 2.0, 0.5, 0.7, 1.3])
+    point, phi, reason = scalar_network_gfs(w, 1e-3)
+    assert reason == ""
+    assert np.prod(point) == pytest.approx(1e-3, rel=1e-13)
+    assert np.allclose(np.diff(point**2), np.diff(w**2), rtol=1e-12, atol=1e-12 * 1e6)
+
+
+def test_scalar_nan_cases():
+    p = problems.make("scalar-network", depth=3, y=1.0, w0=[1.0, 1.0, 1.0])
+    r = gfs_sharpness(p, [0.0, 0.0, 1.0])
+    assert math.isnan(r.sharpness) and not r.converged and "saddle" in r.reason
+    # product of the wrong sign with the smallest |w_i| shared: the two vanish together (saddle)
+    r = gfs_sharpness(p, [0.5, -0.5, 2.0])
+    assert math.isnan(r.sharpness) and "saddle" in r.reason
+    p2 = problems.make("scalar-network", depth=2, y=1.0, w0=[1.0, 1.0])
+    r = gfs_sharpness(p2, [1.0, -1.0])
+    assert math.isnan(r.sharpness) and "saddle" in r.reason
+    # numerically: gradient flow from (1, −1) goes to the origin, where L = y²/2 (not a minimiser)
+    ode = DormandPrince(lambda t, x: -p2.grad(x), torch.tensor([1.0, -1.0], dtype=torch.float64))
+    x = ode.advance_to(40.0)
+    assert float(x.norm()) < 1e-6 and float(p2.loss(x)) == pytest.approx(0.5)
+    # one exactly-zero weight is not a saddle: the flow leaves it
+    r = gfs_sharpness(p, [0.0, 1.0, 2.0])
+    assert r.converged and r.point[0] > 0
+
+
+@pytest.mark.parametrize("name,kw", [
+    ("squared-regression", dict(n=8, dim=16, init_scale=0.5)),
+    ("diagonal-linear-network", dict(n=8, dim=16, init_scale=0.5)),
+    ("diagonal-linear-network", dict(n=10, dim=15, init_scale=0.7, v_scale=0.2, seed=2)),
+])
+def test_duals_match_gradient_flow(name, kw):
+    p = problems.make(name, **kw)
+    res = gfs_sharpness(p)
+    assert res.converged and res.method.endswith("dual")
+    x = reference_flow(p, p.w0)
+    assert float((res.point - x).norm()) <= 1e-8 * float(x.norm())
+    assert abs(res.sharpness - top_eig(p, x)) <= 1e-8 * res.sharpness
+    # the closed-form Hessian at the zero-residual GFS equals the autodiff Hessian there
+    assert res.sharpness == pytest.approx(top_eig(p, res.point), rel=1e-10)
+    assert res.loss < 1e-20
+
+
+def test_diagonal_conserves_u2_minus_v2():
+    p = problems.make("diagonal-linear-network", n=10, dim=15, init_scale=0.7, v_scale=0.2, seed=2)
+    res = gfs_point(p)
+    d = 15
+    before = p.w0[:d] ** 2 - p.w0[d:] ** 2
+    after = res.point[:d] ** 2 - res.point[d:] ** 2
+    assert torch.allclose(before, after, atol=1e-12)
+
+
+def tiny_mlp(seed=0, n=8, hidden=8):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, 3, generator=g, dtype=torch.float64)
+    Y = torch.randn(n, 1, generator=g, dtype=torch.float64)
+    shapes = [(hidden, 3), (hidden,), (1, hidden), (1,)]
+    sizes = [int(np.prod(s)) for s in shapes]
+
+    def loss(w):
+        parts, i = [], 0
+        for s, k in zip(shapes, sizes):
+            parts.append(w[i:i + k].reshape(s))
+            i += k
+        W1, b1, W2, b2 = parts
+        out = torch.tanh(X @ W1.T + b1) @ W2.T + b2
+        return 0.5 * ((out - Y) ** 2).sum(1).mean()
+
+    w0 = torch.randn(sum(sizes), generator=g, dtype=torch.float64) * 0.8
+    return Problem.from_loss(loss, w0, name="tiny-mlp")
+
+
+def test_numerical_accuracy_against_tight_reference():
+    p = tiny_mlp()
+    res = gfs_sharpness(p)
+    tight = gfs_sharpness(p, tol=1e-8, rtol=1e-10, atol=1e-12)
+    assert res.converged and tight.converged and res.method == "numerical"
+    rel = abs(res.sharpness - tight.sharpness) / tight.sharpness
+    assert rel <= 1e-4
+    assert res.error >= abs(res.sharpness - tight.sharpness)  # the reported error bounds the true one
+    assert res.grad_norm < 1e-8 and res.time > 0 and res.grad_evals > 0 and res.hvps > 0
+
+
+def test_numerical_matches_closed_form():
+    p = problems.make("scalar-network", depth=3, y=1.5, w0=[2.0, -0.3, 0.9])
+    exact = gfs_sharpness(p)
+    num = gfs_sharpness(p, method="numerical")
+    assert num.method == "numerical" and num.converged
+    assert abs(num.sharpness - exact.sharpness) <= max(num.error, 1e-12)
+    assert abs(num.sharpness - exact.sharpness) <= 1e-5 * exact.sharpness
+
+
+def test_numerical_nan_cases():
+    # budget exhausted
+    p = tiny_mlp()
+    r = gfs_sharpness(p, max_grad_evals=20)
+    assert math.isnan(r.sharpness) and "budget" in r.reason and not r.converged
+    # gradient flow without a minimiser: diverges
+    q = problems.make("quartic", S=1.0, Q=1.0, w0=2.0)
+    r = gfs_sharpness(q, max_grad_evals=5000)
+    assert math.isnan(r.sharpness) and r.reason
+    # starting exactly at a saddle: gradient zero, negative curvature
+    s = Problem.from_loss(lambda w: w[0] ** 2 - w[1] ** 2 + w[1] ** 4, [0.0, 0.0])
+    r = gfs_sharpness(s)
+    assert math.isnan(r.sharpness) and "not a minimiser" in r.reason
+
+
+def test_bad_input():
+    p = problems.make("scalar-network")
+    with pytest.raises(RodflowError):
+        gfs_sharpness(p, [1.0, 2.0, 3.0])
+    with pytest.raises(RodflowError):
+        gfs_sharpness(p, tol=2.0)
+    with pytest.raises(RodflowError):
+        gfs_sharpness(p, bogus=1)
+    with pytest.raises(RodflowError):
+        gfs_sharpness(tiny_mlp(), method="exact")
+
+
+def gd_phis(p, lr, steps):
+    solver = GFSSolver(p)
+    w = p.w0.clone()
+    phis, errs = [], []
+    for _ in range(steps):
+        r = solver(w)
+        phis.append(r.sharpness)
+        errs.append(r.error)
+        w = w - lr * p.grad(w)
+    return np.array(phis), np.array(errs), w
+
+
+@pytest.mark.parametrize("depth,w0,lr", [
+    (2, [3.0, 0.2], 0.22),          # φ0 ≈ 9.02 > 2/η ≈ 9.09? just below; EoS-adjacent
+    (3, [2.5, 0.5, 0.5], 0.3),
+    (4, [1.6, 0.8, 0.9, 0.7], 0.25),
+])
+def test_gfs_sharpness_monotone_along_gd(depth, w0, lr):
+    p = problems.make("scalar-network", depth=depth, y=1.0, w0=w0)
+    phis, errs, w_end = gd_phis(p, lr, 300)
+    assert float(p.loss(w_end)) < 1e-10  # the regime where GD converges
+    assert np.isfinite(phis).all()
+    rep = monotonicity(phis, errs)
+    assert rep["gfs_increases"] == 0
+    # and it really decreased (the test is not vacuous)
+    assert phis[-1] < phis[0]
+
+
+def test_monotonicity_report_counts_increases():
+    phi = np.array([5.0, 4.0, 4.0 + 1e-13, 4.5, 3.0, np.nan, 3.1])
+    err = np.full(phi.size, 1e-12)
+    rep = monotonicity(phi, err)
+    assert rep["gfs_increases"] == 2 and rep["gfs_nan"] == 1
+    assert rep["gfs_max_increase"] == pytest.approx(0.5)
+    assert rep["gfs_max_increase_rel"] == pytest.approx(0.5 / 4.0)
+
+
+def test_simulate_records_gfs_sharpness():
+    p = problems.make("scalar-network", depth=3, y=1.0, w0=[2.5, 0.5, 0.5])
+    res = simulate(p, lr=0.3, steps=40, methods=["gd", "gradient_flow"], gfs_every=5, sharpness_every=5,
+                   progress=False)
+    gd = res.method("gd")
+    phi = gd["gfs_sharpness"]
+    assert phi.notna().sum() == 9 and phi.loc[1:4].isna().all()
+    for t in (0, 20, 40):
+        assert phi.loc[t] == pytest.approx(gfs_sharpness(p, res.iterates["gd"][t]).sharpness, rel=1e-12)
+    gf = res.method("gradient_flow")["gfs_sharpness"].dropna()
+    assert np.ptp(gf.to_numpy()) <= 1e-6 * gf.iloc[0]  # φ is invariant along gradient flow itself
+    summary = res.summary().set_index("method")
+    assert summary.loc["gd", "gfs_increases"] == 0 and summary.loc["gd", "gfs_evals"] == 9
+    off = simulate(p, lr=0.3, steps=3, progress=False)
+    assert "gfs_sharpness" not in off.metrics
+    with pytest.raises(RodflowError):
+        simulate(p, lr=0.3, steps=3, gfs_every=-1, progress=False)
