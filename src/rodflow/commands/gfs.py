@@ -1,0 +1,135 @@
+"""``rodflow gfs``: GFS sharpness along GD on scalar networks (depth 2–6, balanced and unbalanced starts with
+φ0 > 2/η) and on the squared regression model, with plots and a findings table."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ..cli import command, set_threads
+from ..errors import RodflowError
+
+
+def scalar_sweep(depths=(2, 3, 4, 5, 6), lrs=None, steps: int = 400, y: float = 1.0):
+    """GD on ½(∏w − y)² from balanced and unbalanced starts whose φ0 exceeds 2/η; φ every step."""
+    import numpy as np
+
+    from .. import problems
+    from ..gfs import GFSSolver, monotonicity, scalar_network_gfs
+
+    rows, traces = [], {}
+    for D in depths:
+        for start in ("balanced", "unbalanced"):
+            base = np.full(D, 1.3) if start == "balanced" else np.array([2.0] + [0.6] * (D - 1))
+            phi0 = scalar_network_gfs(base, y)[1]
+            for frac in (lrs or (1.05, 1.3, 1.8)):
+                lr = frac * 2.0 / phi0  # φ0 = frac · 2/η > 2/η
+                p = problems.make("scalar-network", depth=D, y=y, w0=list(base))
+                solver = GFSSolver(p)
+                w = p.w0.clone()
+                loss, sharp, phis, errs = [], [], [], []
+                for _ in range(steps):
+                    r = solver(w)
+                    phis.append(r.sharpness)
+                    errs.append(r.error)
+                    l, g = p.loss_grad(w)
+                    loss.append(float(l))
+                    sharp.append(float(np.linalg.eigvalsh(p.hessian(w).numpy())[-1]))
+                    if not math.isfinite(float(l)) or float(l) > 1e12:
+                        break
+                    w = w - lr * g
+                mono = monotonicity(phis, errs)
+                final_phi = next((v for v in reversed(phis) if math.isfinite(v)), math.nan)
+                converged = math.isfinite(loss[-1]) and loss[-1] < 1e-10
+                rows.append(dict(depth=D, start=start, lr=lr, two_over_lr=2 / lr, phi0=phi0,
+                                 final_sharpness=sharp[-1], final_phi=final_phi, final_loss=loss[-1],
+                                 gd_converged=converged,
+                                 outcome=("diverged" if not math.isfinite(loss[-1]) or loss[-1] > 1e12 else
+                                          f"not converged in {steps} steps" if not converged else
+                                          "EoS (φ≈2/η)" if abs(final_phi - 2 / lr) <= 0.02 * 2 / lr else
+                                          "below 2/η (overshoot)"),
+                                 **mono))
+                traces[(D, start, round(frac, 3))] = (loss, sharp, phis, lr)
+    return rows, traces
+
+
+@command
+def gfs(
+    out: Path = typer.Option(Path("runs/gfs"), help="output directory for plots and tables"),
+    steps: int = typer.Option(400, help="GD steps per setting"),
+    depths: str = typer.Option("2,3,4,5,6", help="comma-separated depths of the scalar networks"),
+    regression_steps: int = typer.Option(300, help="GD steps on the squared regression model (0: skip)"),
+    threads: int = typer.Option(1, help="intra-op threads"),
+):
+    """GFS sharpness φ along GD: scalar networks (depth 2–6, φ0 > 2/η) and the squared regression model."""
+    set_threads(threads)
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    try:
+        ds = tuple(int(d) for d in depths.split(",") if d.strip())
+    except ValueError:
+        raise RodflowError(f"--depths must be comma-separated integers, got {depths!r}") from None
+    if not ds or min(ds) < 1 or steps < 2:
+        raise RodflowError("--depths needs integers >= 1 and --steps >= 2")
+    out.mkdir(parents=True, exist_ok=True)
+    rows, traces = scalar_sweep(ds, steps=steps)
+    table = pd.DataFrame(rows)
+    table.to_csv(out / "scalar_networks.csv", index=False)
+    cols = ["depth", "start", "two_over_lr", "phi0", "final_sharpness", "final_phi", "final_loss", "outcome",
+            "gfs_increases", "gfs_max_increase_rel"]
+    typer.echo(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
+    for key, (loss, sharp, phis, lr) in traces.items():
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes[0].plot(loss, lw=0.8)
+        axes[0].set_yscale("symlog", linthresh=1e-12)
+        axes[0].set_title(f"loss — depth {key[0]}, {key[1]}, φ0 = {key[2]}·2/η", fontsize=9)
+        axes[1].plot(sharp, lw=0.6, color="grey", label="sharpness S(w_t)")
+        axes[1].plot(phis, lw=1.5, color="tab:red", label="GFS sharpness φ(w_t)")
+        axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
+        axes[1].set_xlabel("step")
+        axes[1].legend(fontsize=8)
+        fig.savefig(out / f"scalar_d{key[0]}_{key[1]}_{key[2]}.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    fig, ax = plt.subplots(figsize=(5, 4))
+    for start, marker in (("balanced", "o"), ("unbalanced", "s")):
+        sub = table[table.start == start]
+        ax.scatter(sub.two_over_lr, sub.final_phi, marker=marker, label=start)
+    lim = [table.two_over_lr.min() * 0.8, table.two_over_lr.max() * 1.1]
+    ax.plot(lim, lim, ls=":", color="black", label="φ = 2/η")
+    ax.set_xlabel("2/η")
+    ax.set_ylabel("final GFS sharpness")
+    ax.legend(fontsize=8)
+    fig.savefig(out / "scalar_final_vs_threshold.png", dpi=120, bbox_inches="tight")
+    plt.close(fig)
+    if regression_steps:
+        import rodflow
+
+        p = rodflow.problems.make("squared-regression")
+        from ..gfs import gfs_sharpness
+
+        phi0 = gfs_sharpness(p).sharpness
+        lr = 1.2 * 2 / phi0
+        res = rodflow.simulate(p, lr=lr, steps=regression_steps, methods=["gd"], gfs_every=1, sharpness_every=1,
+                               progress=False)
+        df = res.method("gd")
+        summ = res.summary()
+        typer.echo(f"squared regression: φ0 = {phi0:.4g}, η = {lr:.4g} (2/η = {2 / lr:.4g}); final φ = "
+                   f"{summ['final_gfs_sharpness'].iloc[0]:.4g}, increases above solver error: "
+                   f"{summ['gfs_increases'].iloc[0]}, final loss {df['loss'].iloc[-1]:.3g}")
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes[0].semilogy(df.index, df["loss"], lw=0.8)
+        axes[0].set_title("squared regression: GD loss", fontsize=9)
+        axes[1].plot(df.index, df["sharpness"], color="grey", lw=0.6, label="sharpness")
+        axes[1].plot(df.index, df["gfs_sharpness"], color="tab:red", lw=1.5, label="GFS sharpness φ")
+        axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
+        axes[1].legend(fontsize=8)
+        fig.savefig(out / "squared_regression.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    typer.echo(f"plots and tables -> {out}")
