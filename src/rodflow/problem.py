@@ -25,6 +25,10 @@ HVP_METHODS = ("double_backward", "vjp_grad", "jvp_grad")
 # Measured (d=5569 tanh MLP, float64, 1 thread): double backward 6.1 ms per HVP, vjp-of-grad 8.0 ms,
 # jvp-of-grad 12.6 ms; for a block of 4: 15.4 / 20.5 / 19.9 ms. benchmarks/bench_hvp.py re-measures.
 DEFAULT_HVP_METHOD = "double_backward"
+# The fastest single-vector HVP path per model family, from the committed measurements of
+# benchmarks/bench_hvp.py (docs/performance.md, B6); the network problems pass it as hvp_method=.
+HVP_BY_ARCH = {"mlp": "double_backward", "cnn": "double_backward", "resnet": "double_backward",
+               "vit": "double_backward", "transformer": "double_backward"}
 
 
 def resolve_dtype(dtype: str | torch.dtype | None) -> torch.dtype:
@@ -222,6 +226,42 @@ class Problem:
         for f in self.chunks:
             out += _hvp_block(f, w, V, self.hvp_method)
         return out
+
+    def hvp_operator(self, w: Tensor) -> Callable[[Tensor], Tensor]:
+        """V ↦ H(w) V for (d, m) blocks at a fixed ``w``, for an eigensolver's many calls at one point.
+
+        For a one-chunk loss the gradient graph (or the linearisation of the gradient) is built once and reused
+        by every call, which halves the cost of an HVP on small networks (where building it is half the time);
+        the values are the same as ``hvp_block``'s. A chunked loss keeps ``hvp_block``'s chunk-at-a-time memory.
+        """
+        w = w.detach()
+        if len(self.chunks) != 1 or self.hvp_method == "jvp_grad":
+            return lambda V: self.hvp_block(w, V)
+        f = self.chunks[0]
+        if self.hvp_method == "vjp_grad":
+            _, vjp_fn = torch.func.vjp(torch.func.grad(f), w)
+            batched = torch.func.vmap(lambda v: vjp_fn(v)[0], in_dims=1, out_dims=1)
+
+            def matmat(V: Tensor) -> Tensor:
+                self.counts.hvps += V.shape[1]
+                return batched(V)
+
+            return matmat
+        x = w.clone().requires_grad_(True)
+        with torch.enable_grad():
+            (g,) = torch.autograd.grad(f(x), x, create_graph=True)
+
+        def matmat(V: Tensor) -> Tensor:
+            self.counts.hvps += V.shape[1]
+            if not g.requires_grad:  # loss linear in w: zero Hessian
+                return torch.zeros_like(V)
+            cols = []
+            for j in range(V.shape[1]):
+                (hv,) = torch.autograd.grad(g, x, V[:, j], retain_graph=True, allow_unused=True)
+                cols.append(torch.zeros_like(w) if hv is None else hv)
+            return torch.stack(cols, dim=1)
+
+        return matmat
 
     def third(self, w: Tensor, u: Tensor, v: Tensor) -> Tensor:
         """∇_w (uᵀ H(w) v), the third derivative contracted twice; one third-derivative product."""

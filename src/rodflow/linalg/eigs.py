@@ -76,7 +76,10 @@ def top_eigs(
         if bool((res[:k] <= tol * scale).all()):
             converged = True
             break
+        # residual directions only for the wanted vectors not yet converged: the guard vectors improve through
+        # the Rayleigh-Ritz step on span(X, W, P) without costing HVPs of their own
         active = res > tol * scale
+        active[k:] = False
         W = _orthonormal(_project_out(R[:, active], [X]))
         if W is None:
             break
@@ -192,7 +195,7 @@ class SharpnessTracker:
 
     def __call__(self, w: Tensor) -> EigResult:
         result = top_eigs(
-            lambda V: self.problem.hvp_block(w, V),
+            self.problem.hvp_operator(w),
             self.problem.d,
             self.k,
             X0=self.basis,

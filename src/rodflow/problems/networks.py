@@ -18,7 +18,7 @@ import torch
 
 from .. import data, models
 from ..errors import RodflowError
-from ..problem import Problem
+from ..problem import HVP_BY_ARCH, Problem
 from . import register
 
 # dataset -> (dataset options with defaults, default n, default classes)
@@ -68,7 +68,7 @@ def build(arch: str, dataset: str, dtype: torch.dtype = torch.float64, **kw: Any
         return loss_fn(model(w, xb), yb)
 
     return Problem.from_data(example_loss, [x, targets], model.initial(dtype), chunk_size=int(chunk_size),
-                             extras={"dataset": repr(ds), "architecture": arch})
+                             extras={"dataset": repr(ds), "architecture": arch}, hvp_method=HVP_BY_ARCH[arch])
 
 
 def _factory(arch: str, dataset: str):

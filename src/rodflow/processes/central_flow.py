@@ -238,8 +238,9 @@ class CentralFlow(Process):
         # residual of FAR_TOL bounds the eigenvalue error by FAR_TOL·λ₁, far inside the FAR_FRACTION margin.
         far = self.top_eff is not None and self.top_eff < FAR_FRACTION * 2.0 * self.threshold
         tol = max(self.eig_tol, FAR_TOL) if far else self.eig_tol
+        matmat = self.problem.hvp_operator(w)  # one gradient graph for every HVP at w
         while True:
-            eig = top_eigs(lambda V: self.problem.hvp_block(w, V), d, self.k_track, X0=self.basis,
+            eig = top_eigs(matmat, d, self.k_track, X0=self.basis,
                            tol=tol, dtype=w.dtype, generator=self.gen)
             self.basis = eig.basis
             last_critical = self.lr * float(eig.values[-1]) > 2.0 * self.threshold
