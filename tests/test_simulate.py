@@ -282,3 +282,13 @@ def test_float32_run():
     assert r.iterates["gd"].dtype == np.float32 and r.status["gradient_flow"] == "ok"
     r64 = rodflow.simulate(p, lr=0.1, steps=50)
     assert np.allclose(r.iterates["gd"], r64.iterates["gd"], atol=1e-4)
+
+
+def test_rerun_into_existing_directory_replaces_it(tmp_path):
+    p = problems.make("quadratic")
+    rodflow.simulate(p, lr=0.1, steps=30, out=tmp_path / "run")
+    short = rodflow.simulate(p, lr=0.1, steps=10, methods=("gd",), out=tmp_path / "run")
+    back = rodflow.load(tmp_path / "run")
+    assert back.iterates["gd"].shape == (11, 3) and back.methods == ["gd"]
+    np.testing.assert_array_equal(back.iterates["gd"], short.iterates["gd"])
+    assert not (tmp_path / "run" / "arrays" / "gradient_flow").exists()

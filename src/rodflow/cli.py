@@ -29,7 +29,7 @@ def command(fn):
 
     return app.command()(wrapper)
 
-DEMO = dict(problem="sharp-valley", params={}, lr=0.3, steps=1500)
+DEMO_CONFIG = "demo.toml"  # packaged copy of configs/demo.toml (a link to it)
 
 
 def parse_value(text: str) -> Any:
@@ -76,13 +76,6 @@ def set_threads(threads: int) -> None:
         threadpool_limits(threads)
     except ImportError:
         pass
-
-
-def default_methods() -> str:
-    from . import processes
-
-    order = ("gd", "gradient_flow", "central_flow", "rod_flow")
-    return ",".join(m for m in order if m in processes.REGISTRY)
 
 
 @command
@@ -191,18 +184,24 @@ def summary(run_dir: Path = typer.Argument(..., help="a run directory")):
 
 @command
 def demo(
-    out: Path = typer.Option(Path("runs/demo"), help="run directory"),
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/demo)"),
     threads: int = typer.Option(1, help="intra-op threads"),
     progress: bool = typer.Option(True, help="progress bar"),
 ):
-    """The main job: GD and every model on the sharp-valley toy through the edge of stability."""
+    """The main job: GD, gradient, central and rod flow on an MLP on digits, into the edge of stability."""
     set_threads(threads)
-    import rodflow
+    from importlib.resources import files
 
-    prob = rodflow.problems.make(DEMO["problem"], **DEMO["params"])
-    result = rodflow.simulate(prob, lr=DEMO["lr"], steps=DEMO["steps"], methods=default_methods(),
-                              out=out, progress=progress)
-    _report(result, plots=True)
+    from . import compare as cmp
+
+    res = cmp.compare(cmp.load_config(files("rodflow") / "configs" / DEMO_CONFIG), out=out, progress=progress)
+    r = res.result
+    typer.echo(f"{r.config['problem']['name']} (d = {r.config['problem']['d']}): η = {r.lr:.4g}, "
+               f"2/η = {2 / r.lr:.4g}, {r.config['steps']} steps -> {r.path}")
+    typer.echo(res.summary[[c for c in cmp.COLUMNS if c in res.summary]].to_string(
+        index=False, float_format=lambda x: f"{x:.4g}"))
+    for path in res.figures:
+        typer.echo(f"plot: {path}")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -118,11 +118,6 @@ def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike |
             if not s0 > 0:
                 raise RodflowError(f"initial sharpness is {s0:.3g} <= 0; give lr explicitly")
             lr = 2.0 * float(config["s0_fraction"]) / s0
-    if (out / "config.json").is_file() and (out / "arrays").is_dir():
-        # a previous run in this directory: simulate would reuse its per-step array files (of another length)
-        import shutil
-
-        shutil.rmtree(out / "arrays")
     result = simulate(problem, lr=lr, steps=config["steps"], methods=config["methods"],
                       options=config.get("options", {}), out=out, progress=progress, **sim_kwargs)
     table = summary_table(result)

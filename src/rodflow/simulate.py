@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -201,6 +202,7 @@ class _Run:
             else:
                 for stale in ("metrics.parquet", "metrics.jsonl", "checkpoint.npz", "status.json"):
                     (out / stale).unlink(missing_ok=True)
+                shutil.rmtree(out / "arrays", ignore_errors=True)  # a previous run's per-step arrays
                 write_json(out / "config.json", config)
             self.jsonl = open(out / "metrics.jsonl", "a", buffering=1)
 
