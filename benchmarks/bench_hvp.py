@@ -21,9 +21,9 @@ from rodflow.problem import DEFAULT_HVP_METHOD, HVP_BY_ARCH, HVP_METHODS, Proble
 FAMILIES = {
     "reference-mlp": ("reference-mlp", {}),
     "mlp": ("mlp-digits", dict(n=256, width=64)),
-    "cnn": ("cnn-digits", dict(n=128)),
-    "resnet": ("resnet-digits", dict(n=128)),
-    "vit": ("vit-digits", dict(n=128)),
+    "cnn": ("cnn-digits", dict(n=64)),
+    "resnet": ("resnet-digits", dict(n=16)),
+    "vit": ("vit-digits", dict(n=64)),
     "transformer": ("transformer-sorting", dict(n=128)),
 }
 
