@@ -214,6 +214,7 @@ def _plot_b7(rows: list[dict]) -> None:
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
     for ax, key, sel, xlabel in ((axes[0], "d", lambda r: r["n"] == 1000, "parameters d (n = 1000)"),
                                  (axes[1], "n", lambda r: r["width"] == 90, "examples n (d ≈ 1e4)")):
@@ -223,6 +224,7 @@ def _plot_b7(rows: list[dict]) -> None:
             ax.loglog(x, [r.get(f"{m}_s_per_step", np.nan) for r in rs], "o-", label=m)
         ax.set_xlabel(xlabel)
         ax.set_ylabel("seconds per unit GD time")
+        ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
         ax.legend()
     rs = sorted(rows, key=lambda r: (r["n"], r["d"]))
