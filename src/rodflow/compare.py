@@ -291,7 +291,8 @@ def _eigs(result, ax) -> bool:
             for c in eig_cols[1:]:
                 e = df[c].dropna()
                 ax.plot(e.index, e.values, color="black", lw=0.6, alpha=0.5, ls="--",
-                        label="GD λ₂.." if c == eig_cols[1] else None)
+                        label=("GD λ₂" if len(eig_cols) == 2 else f"GD λ₂…λ{len(eig_cols)}")
+                        if c == eig_cols[1] else None)
     ax.axhline(2 / result.lr, color="tab:orange", ls=":", lw=1.2, label="2/η")
     ax.set_xlabel("step")
     ax.set_ylabel("top Hessian eigenvalues")
