@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml Makefile
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet "$(TORCH)" -e ".[dev]"
-	@test -d /usr/share/datasets/fashion-mnist || ! command -v apt-get >/dev/null 2>&1 || (apt-get install -y -qq dataset-fashion-mnist || sudo -n apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || echo "note: optional dataset-fashion-mnist not installed (the *-fashion problems need it)"
+	@test -d /usr/share/datasets/fashion-mnist || ! command -v apt-get >/dev/null 2>&1 || (apt-get install -y -qq dataset-fashion-mnist || (apt-get update -qq && apt-get install -y -qq dataset-fashion-mnist) || sudo -n apt-get install -y -qq dataset-fashion-mnist) >/dev/null 2>&1 || echo "note: optional dataset-fashion-mnist not installed (the *-fashion problems need it)"
 	touch $(STAMP)
 
 install: $(STAMP)
