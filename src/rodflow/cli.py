@@ -193,15 +193,10 @@ def demo(
     from importlib.resources import files
 
     from . import compare as cmp
+    from .commands.compare import echo_comparison
 
-    res = cmp.compare(cmp.load_config(files("rodflow") / "configs" / DEMO_CONFIG), out=out, progress=progress)
-    r = res.result
-    typer.echo(f"{r.config['problem']['name']} (d = {r.config['problem']['d']}): η = {r.lr:.4g}, "
-               f"2/η = {2 / r.lr:.4g}, {r.config['steps']} steps -> {r.path}")
-    typer.echo(res.summary[[c for c in cmp.COLUMNS if c in res.summary]].to_string(
-        index=False, float_format=lambda x: f"{x:.4g}"))
-    for path in res.figures:
-        typer.echo(f"plot: {path}")
+    echo_comparison(cmp.compare(cmp.load_config(files("rodflow") / "configs" / DEMO_CONFIG), out=out,
+                                progress=progress))
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -27,7 +27,6 @@ import inspect
 import math
 import os
 import time
-import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +34,7 @@ import numpy as np
 import pandas as pd
 
 from . import problems, processes
+from .configfile import read_toml
 from .errors import RodflowError
 from .records import Result, write_json
 from .simulate import simulate
@@ -62,15 +62,7 @@ def default_methods() -> list[str]:
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
-    path = Path(path)
-    if not path.is_file():
-        raise RodflowError(f"config {path} not found; give a TOML file (see configs/demo.toml)")
-    try:
-        config = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RodflowError(f"config {path} is not valid TOML: {exc}") from None
-    config.setdefault("name", path.stem)
-    return config
+    return read_toml(path, "config", "see configs/demo.toml")
 
 
 def check_config(config: dict[str, Any]) -> dict[str, Any]:

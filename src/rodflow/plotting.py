@@ -34,13 +34,17 @@ def plot_run(result, outdir=None, fmt: str = "png") -> list[Path]:
     for name, fn in (("loss", plot_loss), ("sharpness", plot_sharpness), ("distance", plot_distance),
                      *_extra_plots()):
         fig = fn(result)
-        if fig is None:
-            continue
-        path = outdir / f"{name}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
+        if fig is not None:
+            paths.append(save_figure(fig, outdir, name, fmt))
     return paths
+
+
+def save_figure(fig, outdir: Path, name: str, fmt: str = "png") -> Path:
+    """Write ``fig`` to ``outdir/name.fmt`` at print resolution and close it."""
+    path = Path(outdir) / f"{name}.{fmt}"
+    fig.savefig(path, dpi=150, bbox_inches="tight")
+    plt.close(fig)
+    return path
 
 
 # Modules with method-specific figures: each has PLOTS, (name, fn) pairs; fn returns None when it does not apply.

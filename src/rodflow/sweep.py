@@ -19,12 +19,12 @@ import math
 import os
 import re
 import time
-import tomllib
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 import pandas as pd
 
+from .configfile import read_toml
 from .errors import RodflowError
 from .records import write_json, write_parquet
 
@@ -83,14 +83,7 @@ def load_config(path: str | os.PathLike) -> Sweep:
     path = Path(path)
     if path.is_dir() and (path / "sweep.json").is_file():  # a sweep directory: the config it was made from
         return expand(sweep_info(path)["config"])
-    if not path.is_file():
-        raise RodflowError(f"sweep config {path} not found; give the path of a .toml file (see docs/sweeps.md)")
-    try:
-        config = tomllib.loads(path.read_text())
-    except tomllib.TOMLDecodeError as exc:
-        raise RodflowError(f"sweep config {path} is not valid TOML: {exc}") from None
-    config.setdefault("name", path.stem)
-    return expand(config)
+    return expand(read_toml(path, "sweep config", "see docs/sweeps.md"))
 
 
 def expand(config: dict[str, Any]) -> Sweep:

@@ -17,7 +17,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
-from .plotting import style  # noqa: E402
+from .plotting import save_figure, style  # noqa: E402
 from .sweep import PENDING, read_index, sweep_info  # noqa: E402
 
 
@@ -71,12 +71,8 @@ def report(sweep_dir, fmt: str = "png") -> tuple[str, list[Path]]:
     if len(have):
         for name, fn in (("sharpness", plot_sharpness), ("distance", plot_distance), ("cost", plot_cost)):
             fig = fn(have, info)
-            if fig is None:
-                continue
-            path = outdir / f"{name}.{fmt}"
-            fig.savefig(path, dpi=150, bbox_inches="tight")
-            plt.close(fig)
-            paths.append(path)
+            if fig is not None:
+                paths.append(save_figure(fig, outdir, name, fmt))
     return text, paths
 
 

@@ -26,7 +26,13 @@ def compare(
     cfg = cmp.load_config(config)
     if steps is not None:
         cfg["steps"] = steps
-    res = cmp.compare(cfg, out=out, progress=progress, plots=plots)
+    echo_comparison(cmp.compare(cfg, out=out, progress=progress, plots=plots))
+
+
+def echo_comparison(res) -> None:
+    """Print a comparison's header line, summary table and the files it wrote."""
+    from .. import compare as cmp
+
     r = res.result
     s0 = f", initial sharpness {res.initial_sharpness:.4g}" if res.initial_sharpness is not None else ""
     typer.echo(f"{r.config['problem']['name']} (d = {r.config['problem']['d']}): η = {r.lr:.4g}, "
