@@ -158,6 +158,11 @@ def test_numerical_nan_cases():
     p = tiny_mlp()
     r = gfs_sharpness(p, max_grad_evals=20)
     assert math.isnan(r.sharpness) and "budget" in r.reason and not r.converged
+    # the reason reports the curvature where the budget ran out (negative: still crossing a saddle region)
+    lam = float(r.reason.split("λ_min(H) = ")[1].split()[0].rstrip(":;,)"))
+    true_lam = float(torch.linalg.eigvalsh(p.hessian(r.point))[0])
+    assert lam == pytest.approx(true_lam, rel=1e-3, abs=1e-8)
+    assert ("not yet in a minimiser's basin" in r.reason) == (true_lam < 0)
     # gradient flow without a minimiser: diverges
     q = problems.make("quartic", S=1.0, Q=1.0, w0=2.0)
     r = gfs_sharpness(q, max_grad_evals=5000)

@@ -454,11 +454,21 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
         if problem.counts.grad_evals - start_evals > opts.max_grad_evals:
             return _nan(problem, x, method,
                         f"budget of {opts.max_grad_evals} gradient evaluations exhausted at t={ode.t:.4g} "
-                        f"(‖∇L‖ = {gn:.3g}); raise max_grad_evals", ode.t)
+                        f"(‖∇L‖ = {gn:.3g}, {_curvature_note(problem, x, solver)}); raise max_grad_evals", ode.t)
         try:
             ode.advance_to(ode.t + 0.5 * min(ode.h, 1e300))  # exactly one accepted step
         except IntegrationError as exc:
             return _nan(problem, x, method, f"gradient flow integration failed: {exc}", ode.t)
+
+
+def _curvature_note(problem: Problem, x: Tensor, solver: GFSSolver) -> str:
+    """λ_min(H) at the point where the budget ran out: negative means the flow is still crossing a saddle or
+    degenerate region (no minimiser's basin reached yet), so more budget may not help (see docs/gfs.md)."""
+    neg, res = _top(problem, x, solver, sign=-1.0)
+    lam = -neg
+    if lam < 0:
+        return f"λ_min(H) = {lam:.6g} < 0: not yet in a minimiser's basin"
+    return f"λ_min(H) = {lam:.6g}"
 
 
 def _polish(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float):
