@@ -239,3 +239,17 @@ def test_simulate_records_gfs_sharpness():
     assert "gfs_sharpness" not in off.metrics
     with pytest.raises(RodflowError):
         simulate(p, lr=0.3, steps=3, gfs_every=-1, progress=False)
+
+
+def test_budget_reason_on_real_data_network_reports_true_lambda_min():
+    # a small MLP on real data (digits): gradient flow crawls through a region of negative curvature whose
+    # bottom eigenvalues cluster near 0, where LOBPCG on −H does not converge; the reported λ_min must still be
+    # the true one (an unconverged Rayleigh quotient would only be an upper bound, here of the wrong sign)
+    torch.set_num_threads(1)
+    p = problems.make("mlp-digits", n=100, classes=10, width=4, depth=1, activation="tanh", loss="mse")
+    r = gfs_sharpness(p, max_grad_evals=3000)
+    assert math.isnan(r.sharpness) and "budget" in r.reason
+    lam = float(r.reason.split("λ_min(H) = ")[1].split()[0].rstrip(":;,)"))
+    true_lam = float(torch.linalg.eigvalsh(p.hessian(r.point))[0])
+    assert true_lam < 0 and lam == pytest.approx(true_lam, rel=1e-6)
+    assert "not yet in a minimiser's basin" in r.reason

@@ -461,14 +461,29 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
             return _nan(problem, x, method, f"gradient flow integration failed: {exc}", ode.t)
 
 
+DENSE_D = 1024  # below this many parameters an unconverged λ_min falls back to the dense Hessian (d HVPs)
+
+
+def _lambda_min(problem: Problem, x: Tensor, solver: GFSSolver) -> tuple[float, bool]:
+    """(λ_min(H(x)), exact). LOBPCG on −H; the bottom of a Hessian is often a cluster near 0 where it converges
+    slowly, and an unconverged Rayleigh quotient only bounds λ_min from above, so small problems then fall back
+    to the dense Hessian. ``exact`` is False only for an unconverged large problem (value = upper bound)."""
+    neg, res = _top(problem, x, solver, sign=-1.0)
+    if res.converged:
+        return -neg, True
+    if problem.d <= DENSE_D:
+        return float(torch.linalg.eigvalsh(problem.hessian(x))[0]), True
+    return -neg, False
+
+
 def _curvature_note(problem: Problem, x: Tensor, solver: GFSSolver) -> str:
     """λ_min(H) at the point where the budget ran out: negative means the flow is still crossing a saddle or
     degenerate region (no minimiser's basin reached yet), so more budget may not help (see docs/gfs.md)."""
-    neg, res = _top(problem, x, solver, sign=-1.0)
-    lam = -neg
+    lam, exact = _lambda_min(problem, x, solver)
+    rel, note = ("=", "") if exact else ("≤", " (eigensolver not converged)")
     if lam < 0:
-        return f"λ_min(H) = {lam:.6g} < 0: not yet in a minimiser's basin"
-    return f"λ_min(H) = {lam:.6g}"
+        return f"λ_min(H) {rel} {lam:.6g} < 0: not yet in a minimiser's basin{note}"
+    return f"λ_min(H) {rel} {lam:.6g}{note}"
 
 
 def _polish(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float):
@@ -497,7 +512,8 @@ def _polish(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: fl
     err = abs(s_new - s_old) + opts.eig_tol * abs(s_new)
     if err > opts.tol * abs(s_new):
         return None
-    neg, _ = _top(problem, y, solver, sign=-1.0)  # −λ_min(H)
+    lam_min, _ = _lambda_min(problem, y, solver)
+    neg = -lam_min
     if neg > max(1e3 * opts.tol, 1e-6) * s_new:
         return y, math.nan, math.nan, (f"gradient flow reaches a stationary point that is not a minimiser "
                                        f"(λ_min(H) = {-neg:.3g})")
