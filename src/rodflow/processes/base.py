@@ -76,6 +76,17 @@ class Process(abc.ABC):
     def load_state_dict(self, state: dict[str, Any]) -> None: ...
 
 
+def nest(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A sub-state (an integrator's, an update rule's) as ``prefix.key`` entries of a process state."""
+    return {f"{prefix}.{k}": v for k, v in state.items()}
+
+
+def unnest(prefix: str, state: dict[str, Any]) -> dict[str, Any]:
+    """The sub-state that :func:`nest` stored under ``prefix``."""
+    head = prefix + "."
+    return {k[len(head):]: v for k, v in state.items() if k.startswith(head)}
+
+
 def as_numpy(x: Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().copy()
 

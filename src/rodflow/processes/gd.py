@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from .. import optimizers
-from .base import Observation, Process, as_numpy, as_tensor
+from .base import Observation, Process, as_numpy, as_tensor, nest, unnest
 from . import register
 
 
@@ -54,12 +54,12 @@ class GD(Process):
 
     def state_dict(self):
         state = {"t": self.t, "w": as_numpy(self.w)}
-        state.update({f"opt.{k}": as_numpy(v) for k, v in self.opt_state.items()})
+        state.update(nest("opt", {k: as_numpy(v) for k, v in self.opt_state.items()}))
         return state
 
     def load_state_dict(self, state):
         dtype = self.problem.dtype
         self.t = int(state["t"])
         self.w = as_tensor(state["w"], dtype)
-        self.opt_state = {k[4:]: as_tensor(v, dtype) for k, v in state.items() if k.startswith("opt.")}
+        self.opt_state = {k: as_tensor(v, dtype) for k, v in unnest("opt", state).items()}
         self._prepare()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..integrators import DormandPrince
-from .base import Process, as_numpy, as_tensor
+from .base import Process, as_numpy, as_tensor, nest, unnest
 from . import register
 
 
@@ -47,11 +47,11 @@ class GradientFlow(Process):
 
     def state_dict(self):
         state = {"t": self.t, "w": as_numpy(self.w)}
-        state.update({f"ode.{k}": v for k, v in self.ode.state_dict().items()})
+        state.update(nest("ode", self.ode.state_dict()))
         return state
 
     def load_state_dict(self, state):
         self.t = int(state["t"])
         self.w = as_tensor(state["w"], self.problem.dtype)
         self.ode = DormandPrince(self._field, self.w, rtol=self.rtol, atol=self.atol, max_step=self.max_step)
-        self.ode.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ode.")})
+        self.ode.load_state_dict(unnest("ode", state))

@@ -29,7 +29,7 @@ import torch
 
 from ..errors import RodflowError
 from ..integrators import DormandPrince
-from .base import Observation, Process, as_numpy, as_tensor
+from .base import Observation, Process, as_numpy, as_tensor, nest, unnest
 from .gradient_flow import default_tolerances
 from . import register
 
@@ -211,11 +211,11 @@ class RodFlow(Process):
 
     def state_dict(self):
         state = {"t": self.t, "y": as_numpy(self.y)}
-        state.update({f"ode.{k}": v for k, v in self.ode.state_dict().items()})
+        state.update(nest("ode", self.ode.state_dict()))
         return state
 
     def load_state_dict(self, state):
         self.t = int(state["t"])
         self.y = as_tensor(state["y"], self.problem.dtype)
         self.ode = self._integrator(self.y)  # then every field of the integrator is replaced:
-        self.ode.load_state_dict({k[4:]: v for k, v in state.items() if k.startswith("ode.")})
+        self.ode.load_state_dict(unnest("ode", state))
