@@ -19,6 +19,7 @@ from .errors import RodflowError
 
 Tensor = torch.Tensor
 LossFn = Callable[[Tensor], Tensor]
+ResidualFn = Callable[[Tensor], Tensor]
 
 DTYPES = {"float64": torch.float64, "float32": torch.float32}
 HVP_METHODS = ("double_backward", "vjp_grad", "jvp_grad")
@@ -49,12 +50,14 @@ def dtype_name(dtype: torch.dtype) -> str:
 
 @dataclasses.dataclass
 class Counts:
-    """Work done through a problem: gradient evaluations, HVPs, third-derivative products."""
+    """Work done through a problem: gradient evaluations, HVPs, third-derivative products, and Jacobian
+    products of a least-squares residual (one per ``J v`` or ``Jᵀ u``)."""
 
     loss_evals: int = 0
     grad_evals: int = 0
     hvps: int = 0
     d3: int = 0
+    jvps: int = 0
 
     def copy(self) -> "Counts":
         return dataclasses.replace(self)
@@ -66,8 +69,13 @@ class Counts:
 class Problem:
     """A differentiable loss over one flat vector ``w`` with an initial point ``w0``.
 
-    Build one with :meth:`from_loss` (any ``loss_fn(w) -> scalar tensor``), :meth:`from_data` (a mean of
-    per-example losses over a dataset, evaluated in chunks) or the registry ``rodflow.problems.make``.
+    Build one with :meth:`from_loss` (any ``loss_fn(w) -> scalar tensor``), :meth:`from_residual` (a least-squares
+    loss ``½‖r(w)‖²``), :meth:`from_data` (a mean of per-example losses over a dataset, evaluated in chunks) or
+    the registry ``rodflow.problems.make``.
+
+    A problem may also know its loss as a least-squares residual (``residuals``: one function per chunk, with
+    ``L(w) = ½ Σ_chunks ‖r_c(w)‖²``, checked at ``w0``); then :meth:`jacobian_operator` gives ``J v`` and ``Jᵀ u``
+    (the Gauss-Newton structure the GFS solver uses). Every MSE problem of the registry has one.
     """
 
     def __init__(
@@ -80,6 +88,7 @@ class Problem:
         hvp_method: str = DEFAULT_HVP_METHOD,
         suggested_lr: float | None = None,
         extras: dict[str, Any] | None = None,
+        residuals: Sequence[ResidualFn] | None = None,
     ):
         if hvp_method not in HVP_METHODS:
             raise RodflowError(f"unknown hvp_method {hvp_method!r}; choose one of {', '.join(HVP_METHODS)}")
@@ -93,7 +102,11 @@ class Problem:
         # Problem-specific knowledge other modules may use (e.g. an exact GFS solver).
         self.extras = dict(extras or {})
         self.counts = Counts()
+        self.residuals = list(residuals) if residuals is not None else None
+        if self.residuals is not None and len(self.residuals) != len(self.chunks):
+            raise RodflowError("residuals must give one residual function per loss chunk")
         self._check_loss()
+        self._check_residuals()
 
     # ----------------------------------------------------------------------------------------------- build
     @classmethod
@@ -104,6 +117,21 @@ class Problem:
         return cls([loss_fn], _as_tensor(w0), name=name, **kwargs)
 
     @classmethod
+    def from_residual(cls, residual_fn: ResidualFn, w0, name: str = "custom", **kwargs) -> "Problem":
+        """The least-squares problem ``L(w) = ½‖r(w)‖²`` from ``residual_fn(w) -> tensor`` (any shape)."""
+        if not callable(residual_fn):
+            raise RodflowError("residual_fn must be callable: residual_fn(w: torch.Tensor) -> tensor of residuals")
+
+        def residual(w: Tensor) -> Tensor:
+            return residual_fn(w).reshape(-1)
+
+        def loss(w: Tensor) -> Tensor:
+            r = residual(w)
+            return 0.5 * (r * r).sum()
+
+        return cls([loss], _as_tensor(w0), name=name, residuals=[residual], **kwargs)
+
+    @classmethod
     def from_data(
         cls,
         example_loss: Callable[..., Tensor],
@@ -111,12 +139,15 @@ class Problem:
         w0,
         chunk_size: int = 1024,
         name: str = "custom",
+        example_residual: Callable[..., Tensor] | None = None,
         **kwargs,
     ) -> "Problem":
         """Mean of per-example losses over a dataset, evaluated ``chunk_size`` examples at a time.
 
         ``example_loss(w, *batch)`` returns the vector of per-example losses of one batch, where ``batch``
-        holds the rows of every array in ``data`` for that batch.
+        holds the rows of every array in ``data`` for that batch. Optional ``example_residual(w, *batch)``
+        returns one residual row per example with ``example_loss = ½‖row‖²`` (a least-squares loss, e.g. MSE);
+        it gives the problem its Gauss-Newton structure (:meth:`jacobian_operator`).
         """
         data = [torch.as_tensor(a) for a in data]
         if not data:
@@ -135,10 +166,23 @@ class Problem:
 
             return chunk
 
-        chunks = [make_chunk(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+        def make_residual(lo: int, hi: int) -> ResidualFn:
+            scale = 1.0 / math.sqrt(n)
+
+            def residual(w: Tensor) -> Tensor:
+                return example_residual(w, *(a[lo:hi] for a in data)).reshape(-1) * scale
+
+            return residual
+
+        bounds = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+        chunks = [make_chunk(lo, hi) for lo, hi in bounds]
+        if example_residual is not None:
+            kwargs["residuals"] = [make_residual(lo, hi) for lo, hi in bounds]
 
         def rebuild(dtype: torch.dtype) -> "Problem":
-            return cls.from_data(example_loss, data, w0.to(dtype), chunk_size=chunk_size, name=name, **kwargs)
+            kw = {k: v for k, v in kwargs.items() if k != "residuals"}
+            return cls.from_data(example_loss, data, w0.to(dtype), chunk_size=chunk_size, name=name,
+                                 example_residual=example_residual, **kw)
 
         kwargs.setdefault("rebuild", rebuild)
         return cls(chunks, w0, name=name, **kwargs)
@@ -159,6 +203,7 @@ class Problem:
                 hvp_method=self.hvp_method,
                 suggested_lr=self.suggested_lr,
                 extras=self.extras,
+                residuals=self.residuals,
             )
         except RuntimeError as exc:
             raise RodflowError(
@@ -281,6 +326,71 @@ class Problem:
                 out += t
         return out
 
+    @property
+    def has_residual(self) -> bool:
+        """Whether the loss is known as a least-squares residual ``½‖r(w)‖²``."""
+        return self.residuals is not None
+
+    def residual(self, w: Tensor) -> Tensor:
+        """The flat residual r(w) (all chunks concatenated), ``L = ½‖r‖²``; one loss evaluation."""
+        self._need_residual()
+        self.counts.loss_evals += 1
+        with torch.no_grad():
+            return torch.cat([f(w.detach()).reshape(-1) for f in self.residuals])
+
+    def jacobian_operator(self, w: Tensor) -> tuple[Tensor, Callable[[Tensor], Tensor], Callable[[Tensor], Tensor]]:
+        """``(r(w), v ↦ J v, u ↦ Jᵀ u)`` at a fixed ``w`` with ``J = ∂r/∂w`` (m × d), for a least-squares solver's
+        many products at one point. Each chunk's graph is built once (one gradient evaluation) and reused; each
+        product counts one ``jvps``. ``J v`` is the derivative of the linear map ``u ↦ Jᵀ u`` (double backward,
+        the same autodiff path as the default HVP)."""
+        self._need_residual()
+        self.counts.grad_evals += 1
+        xs, outs, duals, jtus = [], [], [], []
+        with torch.enable_grad():
+            for f in self.residuals:
+                x = w.detach().clone().requires_grad_(True)
+                out = f(x).reshape(-1)
+                u = torch.zeros_like(out, requires_grad=True)
+                if out.requires_grad:
+                    (jtu,) = torch.autograd.grad(out, x, u, create_graph=True, allow_unused=True)
+                else:  # a residual that does not depend on w
+                    jtu = None
+                xs.append(x)
+                outs.append(out)
+                duals.append(u)
+                jtus.append(jtu)
+        sizes = [o.numel() for o in outs]
+        r = torch.cat([o.detach() for o in outs])
+
+        def jv(v: Tensor) -> Tensor:
+            self.counts.jvps += 1
+            parts = []
+            for u, jtu, m in zip(duals, jtus, sizes):
+                if jtu is None or not jtu.requires_grad:
+                    parts.append(torch.zeros(m, dtype=w.dtype))
+                    continue
+                (p,) = torch.autograd.grad(jtu, u, v, retain_graph=True, allow_unused=True)
+                parts.append(torch.zeros(m, dtype=w.dtype) if p is None else p)
+            return torch.cat(parts)
+
+        def jtu_(u: Tensor) -> Tensor:
+            self.counts.jvps += 1
+            total = torch.zeros_like(w)
+            for x, out, part in zip(xs, outs, torch.split(u, sizes)):
+                if not out.requires_grad:
+                    continue
+                (g,) = torch.autograd.grad(out, x, part, retain_graph=True, allow_unused=True)
+                if g is not None:
+                    total += g
+            return total
+
+        return r, jv, jtu_
+
+    def _need_residual(self) -> None:
+        if self.residuals is None:
+            raise RodflowError(f"problem {self.name!r} has no least-squares residual; build it with "
+                               "Problem.from_residual or from_data(..., example_residual=...)")
+
     def hessian(self, w: Tensor) -> Tensor:
         """Dense Hessian by d HVPs (small problems and tests only)."""
         H = self.hvp_block(w, torch.eye(self.d, dtype=w.dtype))
@@ -303,6 +413,24 @@ class Problem:
                 )
             if not value.is_floating_point():
                 raise RodflowError("loss_fn must return a floating-point tensor")
+
+
+    def _check_residuals(self) -> None:
+        if self.residuals is None:
+            return
+        w = self.w0
+        try:
+            with torch.no_grad():
+                half = sum(0.5 * float((r(w).reshape(-1) ** 2).sum()) for r in self.residuals)
+        except Exception as exc:
+            raise RodflowError(f"residual function of problem {self.name!r} raised {type(exc).__name__}: "
+                               f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+        with torch.no_grad():
+            loss = float(sum(f(w) for f in self.chunks))
+        tol = 1e3 * float(torch.finfo(w.dtype).eps) * max(1.0, abs(loss))
+        if not abs(half - loss) <= tol:
+            raise RodflowError(f"the residual does not match the loss at w0: ½‖r‖² = {half:.6g} but L = {loss:.6g}; "
+                               "the residual must satisfy L(w) = ½‖r(w)‖²")
 
 
 def _hvp_block(f: LossFn, w: Tensor, V: Tensor, method: str) -> Tensor:

@@ -331,6 +331,13 @@ def mse(out: Tensor, target: Tensor) -> Tensor:
     return per.reshape(per.shape[0], -1).mean(dim=1)
 
 
+def mse_residual(out: Tensor, target: Tensor) -> Tensor:
+    """Per-example residual rows of :func:`mse`: ``mse = ½‖row‖²`` (rows scaled by 1/√positions)."""
+    diff = out - target
+    positions = diff[..., 0].reshape(diff.shape[0], -1).shape[1]
+    return diff.reshape(diff.shape[0], -1) / math.sqrt(positions)
+
+
 def cross_entropy(out: Tensor, labels: Tensor) -> Tensor:
     """Per-example −log softmax(f)[label] (averaged over positions for sequence outputs)."""
     logp = log_softmax(out)
@@ -339,3 +346,4 @@ def cross_entropy(out: Tensor, labels: Tensor) -> Tensor:
 
 
 LOSSES = {"mse": mse, "ce": cross_entropy}
+RESIDUALS = {"mse": mse_residual}  # losses that are ½‖residual‖² per example (Gauss-Newton structure)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import torch
 
@@ -33,4 +35,8 @@ def diagonal_linear_network(
     def loss(w):
         return 0.5 * ((Xt @ (w[:dim] * w[dim:]) - yt) ** 2).mean()
 
-    return Problem.from_loss(loss, w0, suggested_lr=0.05, extras={"diagonal_network": {"X": X, "y": y}})
+    def residual(w):
+        return (Xt @ (w[:dim] * w[dim:]) - yt) / math.sqrt(n)
+
+    return Problem.from_loss(loss, w0, suggested_lr=0.05, extras={"diagonal_network": {"X": X, "y": y}},
+                             residuals=[residual])

@@ -64,11 +64,17 @@ def build(arch: str, dataset: str, dtype: torch.dtype = torch.float64, **kw: Any
     x = torch.from_numpy(ds.x.copy())
     loss_fn = models.LOSSES[loss]
 
+    residual_fn = models.RESIDUALS.get(loss)
+
     def example_loss(w, xb, yb):
         return loss_fn(model(w, xb), yb)
 
+    def example_residual(w, xb, yb):
+        return residual_fn(model(w, xb), yb)
+
     return Problem.from_data(example_loss, [x, targets], model.initial(dtype), chunk_size=int(chunk_size),
-                             extras={"dataset": repr(ds), "architecture": arch}, hvp_method=HVP_BY_ARCH[arch])
+                             extras={"dataset": repr(ds), "architecture": arch}, hvp_method=HVP_BY_ARCH[arch],
+                             example_residual=example_residual if residual_fn is not None else None)
 
 
 def _factory(arch: str, dataset: str):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from typing import Sequence
 
 import numpy as np
@@ -74,6 +75,7 @@ def scalar_network(depth: int = 2, y: float = 1.0, w0: Sequence[float] | None = 
         x0,
         suggested_lr=0.2,
         extras={"scalar_network": {"depth": depth, "y": target}},
+        residuals=[lambda w: (torch.prod(w) - target).reshape(1)],
     )
 
 
@@ -97,4 +99,5 @@ def squared_regression(
         w0,
         suggested_lr=0.05,
         extras={"squared_regression": {"X": X, "y": y}},
+        residuals=[lambda w: (Xt @ (w * w) - yt) / math.sqrt(n)],
     )
