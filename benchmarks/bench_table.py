@@ -8,6 +8,7 @@ B2 rod flow vs plain GD over the same horizon, at the loosest rod tolerance with
 B3 our central flow vs the reference implementation's recorded wall time (README §6; different machine/load)
 B4 warm-started sharpness tracking vs a cold scipy eigsh (Lanczos) call: HVPs per call at 1e-4
 B5 one GFS evaluation vs fixed-step RK4 at h = 1/S (and what RK4 needs to reach the same φ accuracy)
+B5-net the same on real data (mlp-digits n = 20, 10 classes, width 32, d = 2410), work in gradient-equivalents
 B6 HVP/gradient throughput per architecture and HVP path (bench_hvp)
 B7 cost per step and peak RSS of GD, rod flow, central flow vs parameter count and dataset size (subprocesses)
 
@@ -37,7 +38,7 @@ from rodflow.problems.reference_mlp import mlp_problem  # noqa: E402
 
 ROOT = HERE.parent
 COMPACT = ROOT / "tests" / "data" / "central_flow_reference.npz"
-TARGETS = {"B1": 1 / 20, "B2": 4.0, "B3": 1.0, "B4": 1 / 3, "B5": 1 / 5}
+TARGETS = {"B1": 1 / 20, "B2": 4.0, "B3": 1.0, "B4": 1 / 3, "B5": 1 / 5, "B5-net": 1 / 5}
 # the flagship network problem (the demo's: 2 x 32 tanh MLP on 200 digits, MSE), lr with 2/lr = S0 / 0.95
 NETWORK = ("mlp-digits", dict(n=200, width=32, depth=2, activation="tanh", loss="mse"), 0.95)
 # rod tolerances (rtol, atol, rod_rtol), loosest first; the last is the tight reference solve
@@ -255,6 +256,7 @@ def run(quick: bool = True) -> dict:
         ("B6", lambda: bench_hvp.run(quick=quick)),
         ("B4", lambda: bench_sharpness.run(quick=quick)),
         ("B5", lambda: bench_gfs.run()),
+        ("B5-net", lambda: bench_gfs.run_network()),
         ("B1_B3_reference", lambda: b1_b3_reference(60 if quick else 120)),
         ("B1_network", lambda: b1_network(150 if quick else 300)),
         ("B2", lambda: b2_rod_vs_gd(150 if quick else 300)),
@@ -311,6 +313,13 @@ def table(out: dict) -> list[dict]:
              value=_get(out, "B5", "B5_grad_eval_ratio"), target=TARGETS["B5"]),
         dict(id="B5", what="GFS wall / RK4 wall at the same φ accuracy",
              value=_get(out, "B5", "B5_wall_ratio"), target=TARGETS["B5"]),
+        dict(id="B5-net", what="mlp-digits d=2410: GFS / RK4 at the same φ accuracy, gradient-equivalents (HVP, J "
+                                "products at their measured time ratio; grad evals alone "
+                                f"{_fmt(_get(out, 'B5-net', 'B5net_grad_eval_ratio'))}"
+                                f"{'' if _get(out, 'B5-net', 'rk4_matched') is not False else '; RK4 never matched: a bound'})",
+             value=_get(out, "B5-net", "B5net_grad_equiv_ratio"), target=TARGETS["B5-net"]),
+        dict(id="B5-net", what="same, wall time",
+             value=_get(out, "B5-net", "B5net_wall_ratio"), target=TARGETS["B5-net"]),
     ]
     for arch, best in (b6.get("fastest") or {}).items():
         rows.append(dict(id="B6", what=f"{arch}: fastest HVP path {best['method']} (HVP/grad time)",
@@ -335,12 +344,12 @@ def _fmt(x) -> str:
 
 
 def print_table(rows: list[dict]) -> None:
-    print(f"\n{'id':3} {'value':>8} {'target':>7} {'met':>4}  what")
+    print(f"\n{'id':6} {'value':>8} {'target':>7} {'met':>4}  what")
     for r in rows:
         v = _fmt(r["value"]) + (f", {_fmt(r['value2'])}" if "value2" in r else "")
         t = "report" if r["target"] is None else f"{r['target']:.3g}"
         met = "" if r["met"] is None else ("yes" if r["met"] else "NO")
-        print(f"{r['id']:3} {v:>8} {t:>7} {met:>4}  {r['what']}")
+        print(f"{r['id']:6} {v:>8} {t:>7} {met:>4}  {r['what']}")
 
 
 def rerun(parts: list[str], quick: bool = True) -> None:
@@ -349,7 +358,8 @@ def rerun(parts: list[str], quick: bool = True) -> None:
     res = json.loads(path.read_text())
     out = res["benchmarks"]["table"]
     fns = {"B1_B3_reference": lambda: b1_b3_reference(60 if quick else 120), "B7": lambda: b7_scaling(quick),
-           "B1_network": lambda: b1_network(150 if quick else 300), "B2": lambda: b2_rod_vs_gd(150 if quick else 300)}
+           "B1_network": lambda: b1_network(150 if quick else 300), "B2": lambda: b2_rod_vs_gd(150 if quick else 300),
+           "B5-net": lambda: __import__("bench_gfs").run_network()}
     for key in parts:
         t0 = time.perf_counter()
         out[key] = fns[key]()
