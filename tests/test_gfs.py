@@ -253,3 +253,63 @@ def test_budget_reason_on_real_data_network_reports_true_lambda_min():
     true_lam = float(torch.linalg.eigvalsh(p.hessian(r.point))[0])
     assert true_lam < 0 and lam == pytest.approx(true_lam, rel=1e-6)
     assert "not yet in a minimiser's basin" in r.reason
+
+
+# ------------------------------------------------------------------- Gauss-Newton projection, real data
+@pytest.mark.parametrize("name,kw", [("squared-regression", {}), ("diagonal-linear-network", dict(v_scale=0.3))])
+def test_gauss_newton_projection_matches_the_duals(name, kw):
+    p = problems.make(name, **kw)
+    exact = gfs_sharpness(p)
+    num = gfs_sharpness(p, method="numerical")
+    assert num.converged and num.method == "numerical" and num.projection == "gauss-newton"
+    assert num.jvps > 0 and num.loss < 1e-20
+    err = abs(num.sharpness - exact.sharpness)
+    assert err <= num.error  # the reported error bounds the true one
+    assert err <= 1e-4 * exact.sharpness
+
+
+def test_gfs_on_a_network_on_real_data_against_a_tight_reference():
+    torch.set_num_threads(1)
+    p = problems.make("mlp-digits", n=10, classes=5, width=16, depth=1)  # digits, MSE, d = 1125 > 50 targets
+    res = gfs_sharpness(p)
+    tight = gfs_sharpness(p, tol=1e-8)
+    assert res.converged and tight.converged and res.projection == tight.projection == "gauss-newton"
+    err = abs(res.sharpness - tight.sharpness)
+    assert err <= 1e-4 * tight.sharpness and err <= res.error
+    assert tight.error <= 1e-8 * tight.sharpness
+    assert res.loss < 1e-20 and res.grad_norm < 1e-10  # a zero-loss (global) minimiser
+
+
+def test_projection_acceptance_needs_a_contracting_sequence():
+    from rodflow.gfs import _Candidate, _consecutive_error
+
+    def c(phi, step):
+        return _Candidate(None, phi, 0.0, step, True, "gauss-newton")
+
+    eig = 1e-9
+    assert _consecutive_error([c(20.0, 1.0)], eig) == math.inf
+    assert _consecutive_error([c(20.0, 1.0), c(20.0, 0.1)], eig) <= 1e-7  # agree to eigensolver noise
+    assert _consecutive_error([c(20.0, 1.0), c(20.1, 0.1)], eig) == math.inf  # two differing: not enough
+    # measured pre-asymptotic case: Δ changes sign with a coincidentally small last difference
+    assert _consecutive_error([c(21.07587, 0.875), c(20.86048, 0.338), c(20.86203, 0.132)], eig) == math.inf
+    # contracting with a fixed sign: |e| ≈ 2·q/(1−q)·|Δ| with q = max(Δ ratio, δ ratio)
+    est = _consecutive_error([c(15.917, 0.233), c(16.0285, 0.0526), c(16.0389, 0.00527)], eig)
+    q = max(0.0104 / 0.1115, 0.00527 / 0.0526)
+    assert est == pytest.approx(2 * 0.0104 * q / (1 - q), rel=1e-2)
+    assert _consecutive_error([c(1.0, 1.0), c(2.0, 0.9), c(2.5, 0.8)], eig) == math.inf  # δ barely shrinks
+
+
+def test_gfs_tracking_along_gd_on_real_data_is_monotone():
+    # GD at η = 1.5·2/φ0 (so φ0 > 2/η) on an MLP on digits: φ must not rise above its own error estimates
+    torch.set_num_threads(1)
+    p = problems.make("mlp-digits", n=10, classes=5, width=16, depth=1)
+    phi0 = gfs_sharpness(p).sharpness
+    lr = 1.5 * 2 / phi0
+    res = simulate(p, lr=lr, steps=40, methods=["gd"], gfs_every=10, sharpness_every=10, progress=False)
+    df = res.method("gd")
+    evals = df["gfs_sharpness"].dropna()
+    assert len(evals) == 5 and bool((df["gfs_converged"].dropna() == 1).all())
+    summ = res.summary().iloc[0]
+    assert summ["gfs_increases"] == 0 and summ["gfs_nan"] == 0
+    assert evals.iloc[-1] < evals.iloc[0]
+    assert "gfs_jvps" in df and df["gfs_jvps"].dropna().gt(0).all()

@@ -145,3 +145,53 @@ def test_bad_problem_input_is_one_line_error(call, match):
     with pytest.raises(RodflowError, match=match) as info:
         call()
     assert "\n" not in str(info.value)
+
+
+# ------------------------------------------------------------------------------- least-squares residuals
+RESIDUAL_PROBLEMS = [
+    ("scalar-network", dict(depth=3, y=1.5)),
+    ("squared-regression", dict(n=6, dim=9)),
+    ("diagonal-linear-network", dict(n=5, dim=7, v_scale=0.4)),
+    ("mlp-digits", dict(n=9, classes=3, width=4, depth=1, chunk_size=4)),  # three chunks
+    ("cnn-digits", dict(n=4, classes=2, width=2)),
+    ("transformer-sorting", dict(n=3, width=4, depth=1, heads=1)),  # residual averaged over positions
+]
+
+
+@pytest.mark.parametrize("name,kw", RESIDUAL_PROBLEMS, ids=[r[0] for r in RESIDUAL_PROBLEMS])
+def test_jacobian_operator_matches_the_autograd_jacobian(name, kw):
+    p = problems.make(name, **kw)
+    assert p.has_residual
+    w = random_point(p, scale=0.2)
+    r, jv, jtu = p.jacobian_operator(w)
+    full = lambda x: torch.cat([f(x).reshape(-1) for f in p.residuals])  # noqa: E731
+    J = torch.autograd.functional.jacobian(full, w)
+    g = torch.Generator().manual_seed(3)
+    v = torch.randn(p.d, dtype=torch.float64, generator=g)
+    u = torch.randn(r.numel(), dtype=torch.float64, generator=g)
+    before = p.counts.jvps
+    assert torch.allclose(jv(v), J @ v, rtol=1e-12, atol=1e-13)
+    assert torch.allclose(jtu(u), J.T @ u, rtol=1e-12, atol=1e-13)
+    assert p.counts.jvps - before == 2
+    loss, grad = p.loss_grad(w)
+    assert float(0.5 * r @ r) == pytest.approx(float(loss), rel=1e-12, abs=1e-15)  # L = ½‖r‖²
+    assert torch.allclose(J.T @ r, grad, rtol=1e-10, atol=1e-13)  # ∇L = Jᵀr
+    assert torch.equal(p.residual(w), r)
+
+
+def test_from_residual_and_residual_contract():
+    p = Problem.from_residual(lambda w: torch.stack([w[0] ** 2 - 1.0, w[0] * w[1] - 2.0]), [1.5, 0.5])
+    w = torch.tensor([1.5, 0.5], dtype=torch.float64)
+    assert p.has_residual and float(p.loss(w)) == pytest.approx(0.5 * (1.25**2 + 1.25**2))
+    r, jv, jtu = p.jacobian_operator(w)
+    assert torch.allclose(jv(torch.tensor([1.0, 0.0], dtype=torch.float64)), torch.tensor([3.0, 0.5], dtype=torch.float64))
+    assert p.to("float32").has_residual
+    plain = Problem.from_loss(lambda w: (w**2).sum(), [1.0, 2.0])
+    assert not plain.has_residual
+    with pytest.raises(RodflowError, match="no least-squares residual"):
+        plain.jacobian_operator(plain.w0)
+    with pytest.raises(RodflowError, match="does not match the loss"):
+        Problem.from_loss(lambda w: (w**2).sum(), [1.0, 2.0], residuals=[lambda w: w])  # ½‖w‖² ≠ ‖w‖²
+    with pytest.raises(RodflowError, match="one residual function per loss chunk"):
+        Problem.from_loss(lambda w: (w**2).sum(), [1.0, 2.0], residuals=[lambda w: w, lambda w: w])
+    assert not problems.make("mlp-digits", n=6, classes=2, width=2, depth=1, loss="ce").has_residual
