@@ -4,10 +4,12 @@ monotonicity along GD, and the simulate integration."""
 import math
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
 from rodflow import Problem, RodflowError, problems, simulate
+from rodflow import load as rodflow_load
 from rodflow.gfs import GFSSolver, gfs_point, gfs_sharpness, monotonicity, scalar_network_gfs
 from rodflow.integrators import DormandPrince
 
@@ -313,3 +315,26 @@ def test_gfs_tracking_along_gd_on_real_data_is_monotone():
     assert summ["gfs_increases"] == 0 and summ["gfs_nan"] == 0
     assert evals.iloc[-1] < evals.iloc[0]
     assert "gfs_jvps" in df and df["gfs_jvps"].dropna().gt(0).all()
+
+
+def test_cli_run_and_gfs_command_record_phi_on_real_data(tmp_path, capsys):
+    from rodflow.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--problem", "squared-regression", "--steps", "6", "--methods", "gd", "--gfs-every", "3",
+              "--gfs-opt", "tol=1e-5", "--no-progress", "--out", str(tmp_path / "r")])
+    assert info.value.code == 0
+    res = rodflow_load(tmp_path / "r")
+    assert res.config["gfs_options"] == {"tol": 1e-5}
+    assert res.method("gd")["gfs_sharpness"].notna().sum() == 3  # steps 0, 3, 6
+    assert "final_gfs_sharpness" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as info:
+        main(["gfs", "--out", str(tmp_path / "g"), "--depths", "2", "--steps", "3", "--regression-steps", "0",
+              "--network-param", "n=10", "--network-param", "classes=5", "--network-param", "width=16",
+              "--network-param", "depth=1", "--network-steps", "10", "--network-gfs-every", "10", "--no-progress"])
+    assert info.value.code == 0
+    out = capsys.readouterr().out
+    assert "mlp-digits" in out and "increases above solver error 0" in out and "NaN 0" in out
+    assert (tmp_path / "g" / "network.png").stat().st_size > 1000
+    table = pd.read_csv(tmp_path / "g" / "network_gfs.csv")
+    assert len(table) == 2 and (table["gfs_converged"] == 1).all()

@@ -218,6 +218,8 @@ def test_cli_run_writes_plots_and_summary(tmp_path, capsys):
         (["run", "--problem", "quadratic", "--param", "w0=[1,2]"], "w0 must have 3 entries"),
         (["run", "--problem", "quadratic", "--opt", "gradient_flow.rtl=1"], "did you mean 'rtol'"),
         (["run", "--resume", "/nonexistent/dir"], "not a rodflow run directory"),
+        (["run", "--problem", "quadratic", "--gfs-every", "5", "--gfs-opt", "tl=1"], "unknown GFS option 'tl'"),
+        (["run", "--problem", "quadratic", "--gfs-every", "5", "--gfs-opt", "tol=2"], "tol must be in (0, 1)"),
     ],
 )
 def test_cli_bad_input_one_line(tmp_path, args, match, capsys, monkeypatch):

@@ -97,6 +97,8 @@ def run(
     threads: int = typer.Option(1, help="intra-op threads (torch and BLAS)"),
     progress: bool = typer.Option(True, help="progress bar"),
     plots: bool = typer.Option(True, help="write plots/ when the run ends"),
+    gfs_every: int = typer.Option(0, help="GFS sharpness φ of every method's point every N steps (0: never)"),
+    gfs_opt: Optional[List[str]] = typer.Option(None, "--gfs-opt", help="GFS solver option key=value, e.g. tol=1e-3"),
 ):
     """Run GD and its models on a problem; write a run directory, plots and a summary table."""
     set_threads(threads)
@@ -123,6 +125,7 @@ def run(
             prob, lr=lr, steps=steps, methods=methods, sharpness_every=sharpness_every, neigs=neigs,
             record_iterates=record, dtype=dtype, seed=seed, options=parse_options(opt),
             out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
+            gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
         )
     _report(result, plots)
 

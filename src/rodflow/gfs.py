@@ -20,12 +20,15 @@ Solvers, chosen automatically from ``problem.extras``:
   ``a = a0 ⊙ exp(z)``, ``b = b0 ⊙ exp(−z)``, ``z = Xᵀc`` (``u_i² − v_i²`` is conserved);
   ``F(c) = Σ_j (a0_j² e^{2z_j} + b0_j² e^{−2z_j})/8 − yᵀc`` and ``φ = (1/n) λ_max(X diag(u² + v²) Xᵀ)``.
 - ``numerical`` — any problem: adaptive Dormand-Prince on ``−∇L`` (the controller holds the step at the
-  stability limit ~3.3/S of the stiff flow), and every time ‖∇L‖ has fallen tenfold a Newton polish is tried:
-  ``δ = −H⁺∇L`` by conjugate gradients from HVPs (the minimum-norm step, which lands where gradient flow lands up
-  to O(‖δ‖²) even on a manifold of minimisers). The polish is accepted when it converges quadratically and the
-  sharpness moved by at most ``tol·φ`` over it; that first-order change is reported as ``error`` (an upper bound
-  on the second-order discrepancy). This replaces the slow tail of the flow (rate = smallest curvature) by a few
-  CG solves. A final negative-curvature check rejects saddles.
+  stability limit ~3.3/S of the stiff flow), and every time ‖∇L‖ has fallen tenfold (or the work doubled) the
+  flow's point is *projected* onto the minimisers: by Gauss-Newton when the loss is a least-squares residual
+  ``½‖r‖²`` (``problem.has_residual``: every MSE problem; ``δ = −J⁺r`` by LSQR from J and Jᵀ products, to a zero
+  residual, i.e. a global minimiser), else by Newton-CG (``δ = −H⁺∇L`` from HVPs). Both are minimum-norm steps,
+  which land where the *linearised* flow lands, so a projection from distance δ errs by O(δ²) asymptotically
+  even on a manifold of minimisers. φ is accepted when the last three projections of the same flow (all of
+  which should give the same φ) contract with a fixed sign to within ``tol·φ`` (``_consecutive_error``; two
+  projections suffice when they agree to the eigensolver's accuracy, one when it did not move); that estimate
+  is reported as ``error``. A final negative-curvature check rejects saddles (not needed after a zero residual).
 """
 
 from __future__ import annotations

@@ -97,6 +97,12 @@ def plot_sharpness(result):
     for m in result.methods:
         df = result.method(m)["sharpness"].dropna()
         ax.plot(df.index, df.values, label=m, **style(m))
+    if "gfs_sharpness" in result.metrics:  # runs with gfs_every: the GFS sharpness φ of each method's point
+        for m in result.methods:
+            phi = result.method(m)["gfs_sharpness"].dropna()
+            if len(phi):
+                ax.plot(phi.index, phi.values, ls="--", marker=".", ms=4, lw=1.2, color=style(m).get("color"),
+                        label=f"{m}: GFS sharpness φ")
     ax.axhline(2 / result.lr, color="grey", ls=":", lw=1, label="2/η")
     ax.set_xlabel("step")
     ax.set_ylabel("sharpness λ_max(H)")

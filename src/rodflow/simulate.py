@@ -57,6 +57,7 @@ def simulate(
     eig_tol: float | None = None,
     diverge_factor: float = 1e8,
     gfs_every: int = 0,
+    gfs_options: dict[str, Any] | None = None,
 ) -> Result:
     """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
 
@@ -66,13 +67,19 @@ def simulate(
     ``options`` maps a method to its options (``rodflow.processes.options(name)`` lists them). With ``out``,
     a run directory is written as the run goes (see ``rodflow.records``). ``progress=None`` shows a bar
     when stderr is a terminal. ``gfs_every=N`` records the GFS sharpness φ (``rodflow.gfs``) of every method's
-    point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...
+    point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...;
+    ``gfs_options`` are passed to the GFS solver (``rodflow.gfs.GFSOptions``: tol, max_grad_evals, ...).
     """
     torch_dtype = resolve_dtype(dtype)
     config = make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates,
                          dtype_name(torch_dtype), seed, options, checkpoint_every, checkpoint_seconds,
                          eig_tol, diverge_factor)
     config["gfs_every"] = _count("gfs_every", gfs_every, minimum=0)
+    if gfs_options:
+        from .gfs import GFSSolver
+
+        GFSSolver(problem, **gfs_options)  # unknown or invalid options fail here, before the run starts
+        config["gfs_options"] = dict(gfs_options)
     problem = problem.to(torch_dtype)
     run = _Run(problem, config, Path(out) if out is not None else None)
     return run.execute(progress)
@@ -292,7 +299,10 @@ class _Run:
         if gfs_every and t % gfs_every == 0 and not diverged:
             from .gfs import GFSSolver
 
-            solver = self.gfs.setdefault(m, GFSSolver(self.problem, seed=self.config["seed"]))
+            if m not in self.gfs:
+                opts = {"seed": self.config["seed"], **self.config.get("gfs_options", {})}
+                self.gfs[m] = GFSSolver(self.problem, **opts)
+            solver = self.gfs[m]
             row.update(solver(p).as_row())
         row["grad_evals"] = spent.grad_evals
         row["hvps"] = spent.hvps

@@ -1,15 +1,15 @@
 """``rodflow gfs``: GFS sharpness along GD on scalar networks (depth 2–6, balanced and unbalanced starts with
-φ0 > 2/η) and on the squared regression model, with plots and a findings table."""
+φ0 > 2/η), on the squared regression model and on a small network on real data, with plots and tables."""
 
 from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Optional
+from typing import List, Optional
 
 import typer
 
-from ..cli import command, set_threads
+from ..cli import command, parse_pairs, set_threads
 from ..errors import RodflowError
 
 
@@ -56,15 +56,44 @@ def scalar_sweep(depths=(2, 3, 4, 5, 6), lrs=None, steps: int = 400, y: float = 
     return rows, traces
 
 
+# the default network experiment: an MLP on 20 digits (2 per class) that can interpolate (d = 2410 > 200 targets)
+NETWORK_DEFAULTS = {"n": 20, "classes": 10, "width": 32, "depth": 1}
+
+
+def network_run(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, progress: bool):
+    """GD at η = eta_factor·2/φ0 (so φ0 > 2/η) on a registered problem, φ every ``every`` steps; a run directory."""
+    import rodflow
+
+    from ..gfs import gfs_sharpness
+
+    p = rodflow.problems.make(name, **params)
+    start = gfs_sharpness(p)
+    if not start.converged:
+        raise RodflowError(f"φ at the initial point of {name} is undefined ({start.reason}); pick another problem "
+                           "or parameters (gradient flow must reach a minimiser)")
+    lr = eta_factor * 2.0 / start.sharpness
+    res = rodflow.simulate(p, lr=lr, steps=steps, methods=["gd"], gfs_every=every, sharpness_every=1,
+                           out=out, progress=progress)
+    return res, start
+
+
 @command
 def gfs(
     out: Path = typer.Option(Path("runs/gfs"), help="output directory for plots and tables"),
     steps: int = typer.Option(400, help="GD steps per setting"),
     depths: str = typer.Option("2,3,4,5,6", help="comma-separated depths of the scalar networks"),
     regression_steps: int = typer.Option(300, help="GD steps on the squared regression model (0: skip)"),
+    network: str = typer.Option("mlp-digits", help="problem for the network-on-real-data experiment ('': skip)"),
+    network_param: Optional[List[str]] = typer.Option(
+        None, "--network-param", help="its parameters key=value (default n=20, classes=10, width=32, depth=1)"),
+    network_steps: int = typer.Option(300, help="GD steps on the network"),
+    network_gfs_every: int = typer.Option(10, help="φ every N GD steps on the network"),
+    eta_factor: float = typer.Option(1.5, help="network: η = eta_factor · 2/φ0, i.e. 2/η = φ0/eta_factor"),
     threads: int = typer.Option(1, help="intra-op threads"),
+    progress: bool = typer.Option(True, help="progress bar for the network run"),
 ):
-    """GFS sharpness φ along GD: scalar networks (depth 2–6, φ0 > 2/η) and the squared regression model."""
+    """GFS sharpness φ along GD: scalar networks (depth 2–6, φ0 > 2/η), the squared regression model and a
+    small network on real data (an MLP on digits by default)."""
     set_threads(threads)
     import matplotlib
 
@@ -78,6 +107,14 @@ def gfs(
         raise RodflowError(f"--depths must be comma-separated integers, got {depths!r}") from None
     if not ds or min(ds) < 1 or steps < 2:
         raise RodflowError("--depths needs integers >= 1 and --steps >= 2")
+    if network and not (eta_factor > 0 and network_steps >= 1 and network_gfs_every >= 1):
+        raise RodflowError("the network experiment needs --eta-factor > 0, --network-steps >= 1, --network-gfs-every >= 1")
+    if network:
+        from .. import problems
+
+        known = problems.params(network)  # also checks the name
+        net_params = parse_pairs(network_param, "--network-param") if network_param else {
+            k: v for k, v in NETWORK_DEFAULTS.items() if k in known}
     out.mkdir(parents=True, exist_ok=True)
     rows, traces = scalar_sweep(ds, steps=steps)
     table = pd.DataFrame(rows)
@@ -131,5 +168,33 @@ def gfs(
         axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
         axes[1].legend(fontsize=8)
         fig.savefig(out / "squared_regression.png", dpi=120, bbox_inches="tight")
+        plt.close(fig)
+    if network:
+        res, start = network_run(network, net_params, eta_factor, network_steps, network_gfs_every, out / "network",
+                                 progress)
+        df = res.method("gd")
+        summ = res.summary().iloc[0]
+        phi = df[["gfs_sharpness", "gfs_error", "gfs_converged", "gfs_grad_evals", "gfs_jvps", "gfs_wall_s"]].dropna(
+            subset=["gfs_sharpness", "gfs_converged"], how="all")
+        phi.to_csv(out / "network_gfs.csv")
+        lr = res.lr
+        typer.echo(f"{network} {net_params} (d = {start.point.numel()}): φ0 = {start.sharpness:.6g}, η = {lr:.4g} "
+                   f"(2/η = {2 / lr:.4g}); after {len(df) - 1} steps: loss {df['loss'].iloc[-1]:.3g}, sharpness "
+                   f"{df['sharpness'].iloc[-1]:.4g}, φ = {summ['final_gfs_sharpness']:.6g}; φ evaluations "
+                   f"{int(summ['gfs_evals'])} (NaN {int(summ['gfs_nan'])}), increases above solver error "
+                   f"{int(summ['gfs_increases'])}, mean cost {phi['gfs_grad_evals'].mean():.0f} gradients + "
+                   f"{phi['gfs_jvps'].mean():.0f} J-products, {phi['gfs_wall_s'].mean():.1f} s")
+        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+        axes[0].semilogy(df.index, df["loss"], lw=0.8)
+        axes[0].set_title(f"{network}: GD loss (η = {lr:.3g})", fontsize=9)
+        axes[0].set_xlabel("step")
+        axes[1].plot(df.index, df["sharpness"], color="grey", lw=0.6, label="sharpness S(w_t)")
+        good = phi[phi["gfs_converged"] == 1]
+        axes[1].errorbar(good.index, good["gfs_sharpness"], yerr=good["gfs_error"], color="tab:red", lw=1.5,
+                         marker=".", label="GFS sharpness φ(w_t)")
+        axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
+        axes[1].set_xlabel("step")
+        axes[1].legend(fontsize=8)
+        fig.savefig(out / "network.png", dpi=120, bbox_inches="tight")
         plt.close(fig)
     typer.echo(f"plots and tables -> {out}")
