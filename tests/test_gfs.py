@@ -338,3 +338,12 @@ def test_cli_run_and_gfs_command_record_phi_on_real_data(tmp_path, capsys):
     assert (tmp_path / "g" / "network.png").stat().st_size > 1000
     table = pd.read_csv(tmp_path / "g" / "network_gfs.csv")
     assert len(table) == 2 and (table["gfs_converged"] == 1).all()
+
+
+def test_chebyshev_integrator_option_matches_the_dual():
+    p = problems.make("squared-regression")
+    exact = gfs_sharpness(p)
+    rkc = gfs_sharpness(p, method="numerical", integrator="rkc")
+    assert rkc.converged and abs(rkc.sharpness - exact.sharpness) <= 1e-4 * exact.sharpness
+    with pytest.raises(RodflowError, match="unknown GFS integrator 'rk4'"):
+        gfs_sharpness(p, integrator="rk4")
