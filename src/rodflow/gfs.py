@@ -571,8 +571,8 @@ def _curvature_note(problem: Problem, x: Tensor, solver: GFSSolver) -> str:
 
 def _project(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float, r_floor: float):
     """Project a point of the flow onto the minimisers: Gauss-Newton when the loss is a least-squares residual
-    (lands on a zero-residual point), else, or if that fails, Newton-CG. None while the projection does not
-    converge quadratically (not yet in the basin: keep integrating)."""
+    (lands on a zero-residual point), else, or if that fails, Newton-CG. None while neither converges (not yet
+    in a minimiser's basin: keep integrating)."""
     s_old, res_old = _top(problem, x, solver, basis=solver.basis)
     if not s_old > 0:
         return None

@@ -414,7 +414,6 @@ class Problem:
             if not value.is_floating_point():
                 raise RodflowError("loss_fn must return a floating-point tensor")
 
-
     def _check_residuals(self) -> None:
         if self.residuals is None:
             return

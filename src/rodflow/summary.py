@@ -85,6 +85,6 @@ def _last(series) -> float:
 
 def format_table(frame: pd.DataFrame) -> str:
     cols = [c for c in ("method", "status", "final_loss", "final_sharpness", "compared_to", "dist_mean",
-                        "dist_max", "ends_dist_mean", "ends_dist_max", "loss_pred_err", "grad_evals_per_step", "hvps", "wall_s", "final_gfs_sharpness", "gfs_evals", "gfs_nan",
-                        "gfs_increases") if c in frame]
+                        "dist_max", "ends_dist_mean", "ends_dist_max", "loss_pred_err", "grad_evals_per_step", "hvps",
+                        "wall_s", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
     return frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")

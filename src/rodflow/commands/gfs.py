@@ -85,7 +85,7 @@ def gfs(
     regression_steps: int = typer.Option(300, help="GD steps on the squared regression model (0: skip)"),
     network: str = typer.Option("mlp-digits", help="problem for the network-on-real-data experiment ('': skip)"),
     network_param: Optional[List[str]] = typer.Option(
-        None, "--network-param", help="its parameters key=value (default n=20, classes=10, width=32, depth=1)"),
+        None, "--network-param", help="its parameters key=value, over n=20, classes=10, width=32, depth=1"),
     network_steps: int = typer.Option(300, help="GD steps on the network"),
     network_gfs_every: int = typer.Option(10, help="φ every N GD steps on the network"),
     eta_factor: float = typer.Option(1.5, help="network: η = eta_factor · 2/φ0, i.e. 2/η = φ0/eta_factor"),
@@ -108,13 +108,14 @@ def gfs(
     if not ds or min(ds) < 1 or steps < 2:
         raise RodflowError("--depths needs integers >= 1 and --steps >= 2")
     if network and not (eta_factor > 0 and network_steps >= 1 and network_gfs_every >= 1):
-        raise RodflowError("the network experiment needs --eta-factor > 0, --network-steps >= 1, --network-gfs-every >= 1")
+        raise RodflowError("the network experiment needs --eta-factor > 0, --network-steps >= 1 and "
+                           "--network-gfs-every >= 1")
     if network:
         from .. import problems
 
         known = problems.params(network)  # also checks the name
-        net_params = parse_pairs(network_param, "--network-param") if network_param else {
-            k: v for k, v in NETWORK_DEFAULTS.items() if k in known}
+        net_params = {**{k: v for k, v in NETWORK_DEFAULTS.items() if k in known},
+                      **parse_pairs(network_param, "--network-param")}
     out.mkdir(parents=True, exist_ok=True)
     rows, traces = scalar_sweep(ds, steps=steps)
     table = pd.DataFrame(rows)
