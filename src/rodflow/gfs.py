@@ -141,6 +141,21 @@ class GFSSolver:
                 "linear network); use method='auto' or 'numerical'"
             )
 
+    def state_dict(self) -> dict[str, Any]:
+        """The warm-start state (eigensolver bases, random generator), so a resumed run repeats its φ exactly."""
+        state: dict[str, Any] = {"generator": self.generator.get_state().numpy().copy()}
+        for key in ("basis", "radius_basis"):
+            value = getattr(self, key)
+            if value is not None:
+                state[key] = value.numpy().copy()
+        return state
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "generator" in state:
+            self.generator.set_state(torch.as_tensor(np.asarray(state["generator"]), dtype=torch.uint8))
+        for key in ("basis", "radius_basis"):
+            setattr(self, key, torch.as_tensor(np.asarray(state[key])) if key in state else None)
+
     def __call__(self, w) -> GFSResult:
         w = _as_point(self.problem, w)
         start = time.perf_counter()

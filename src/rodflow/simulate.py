@@ -297,13 +297,7 @@ class _Run:
                 row[f"eig_{i + 1}"] = float(eigs[i])
         gfs_every = self.config.get("gfs_every", 0)
         if gfs_every and t % gfs_every == 0 and not diverged:
-            from .gfs import GFSSolver
-
-            if m not in self.gfs:
-                opts = {"seed": self.config["seed"], **self.config.get("gfs_options", {})}
-                self.gfs[m] = GFSSolver(self.problem, **opts)
-            solver = self.gfs[m]
-            row.update(solver(p).as_row())
+            row.update(self._gfs_solver(m)(p).as_row())
         row["grad_evals"] = spent.grad_evals
         row["hvps"] = spent.hvps
         row["d3"] = spent.d3
@@ -376,6 +370,14 @@ class _Run:
         self.arrays[m][key] = store
         return store
 
+    def _gfs_solver(self, m: str):
+        if m not in self.gfs:
+            from .gfs import GFSSolver
+
+            opts = {"seed": self.config["seed"], **self.config.get("gfs_options", {})}
+            self.gfs[m] = GFSSolver(self.problem, **opts)
+        return self.gfs[m]
+
     # -------------------------------------------------------------------------------------- checkpoints
     def _maybe_checkpoint(self, t: int) -> None:
         if self.out is None or t == self.steps:
@@ -397,7 +399,8 @@ class _Run:
                                 "scale": self.scale, "scalars": {}}
         for m in self.methods:
             for prefix, state in (("proc", self.procs[m].state_dict() if self.active[m] else {}),
-                                  ("eig", self.trackers[m].state_dict())):
+                                  ("eig", self.trackers[m].state_dict()),
+                                  ("gfs", self.gfs[m].state_dict() if m in self.gfs else {})):
                 for key, value in state.items():
                     name = f"{m}/{prefix}/{key}"
                     if isinstance(value, np.ndarray):
@@ -441,6 +444,8 @@ class _Run:
             if self.active[m]:
                 self.procs[m].load_state_dict(states.get((m, "proc"), {}))
             self.trackers[m].load_state_dict(states.get((m, "eig"), {}))
+            if (m, "gfs") in states:  # the GFS solver's warm starts: φ after resume is bitwise the same
+                self._gfs_solver(m).load_state_dict(states[(m, "gfs")])
         rows = [r for r in read_jsonl(self.out / "metrics.jsonl").to_dict("records") if r["step"] <= t]
         self.rows = rows
         tmp = self.out / "metrics.jsonl.tmp"
