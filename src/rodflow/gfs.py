@@ -120,7 +120,9 @@ class GFSOptions:
 
 
 class GFSSolver:
-    """Computes Φ and φ at many points of one problem, warm-starting the eigensolver between calls."""
+    """Computes Φ and φ at many points of one problem, warm-starting the eigensolver between calls. A float32
+    problem is solved in float64 (``problem.to``) when it can be rebuilt so; points and work counts then refer to
+    that float64 copy (``solver.problem``)."""
 
     def __init__(self, problem: Problem, **options: Any):
         if not isinstance(problem, Problem):
@@ -129,6 +131,13 @@ class GFSSolver:
         for key in options:
             if key not in known:
                 raise RodflowError(f"unknown GFS option {key!r}; options: {', '.join(sorted(known))}")
+        if problem.dtype != torch.float64:
+            # φ to 1e-4 needs float64: in float32 two eigensolves at the same point already disagreed by more
+            # than that (mlp-digits: projections gave 9.4 … 15.9 for φ = 16.04), so compute in float64 if we can
+            try:
+                problem = problem.to(torch.float64)
+            except RodflowError:
+                pass
         self.problem = problem
         self.options = GFSOptions(**options)
         self.basis: Tensor | None = None
@@ -499,9 +508,12 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
                                      err, 0, 0, projection=cand.kind)
             next_try = 0.1 * gn
         if problem.counts.grad_evals - start_evals > opts.max_grad_evals:
+            # ‖w‖ growing while L falls is the sign of a flow with no finite limit (e.g. cross-entropy on data
+            # the network separates): more budget will not help there
             return _nan(problem, x, method,
                         f"budget of {opts.max_grad_evals} gradient evaluations exhausted at t={ode.t:.4g} "
-                        f"(‖∇L‖ = {gn:.3g}, {_curvature_note(problem, x, solver)}); raise max_grad_evals", ode.t)
+                        f"(L = {float(problem.loss(x)):.4g}, ‖∇L‖ = {gn:.3g}, ‖w‖ {float(w.norm()):.4g} → "
+                        f"{float(x.norm()):.4g}, {_curvature_note(problem, x, solver)}); raise max_grad_evals", ode.t)
         try:
             ode.step()
         except IntegrationError as exc:
