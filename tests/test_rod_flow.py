@@ -201,3 +201,15 @@ def test_bad_options_are_one_line_errors(opts):
     with pytest.raises(RodflowError) as err:
         processes.make("rod_flow", problems.make("quadratic"), 0.1, **opts)
     assert "\n" not in str(err.value)
+
+
+def test_cli_theory_checks_pass_and_write_figures(tmp_path, capsys):
+    from rodflow.cli import main
+
+    with pytest.raises(SystemExit) as info:
+        main(["theory", "--out", str(tmp_path)])
+    out = capsys.readouterr().out
+    assert info.value.code == 0, out
+    assert "FAIL" not in out and out.count(" ok") >= 12
+    for name in ("threshold", "quartic", "self-stabilization", "sharp-valley"):
+        assert (tmp_path / f"{name}.png").stat().st_size > 1000

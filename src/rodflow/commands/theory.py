@@ -128,3 +128,7 @@ def theory(
         m, p = (f"{x:12.6g}" if x is not None else f"{'never':>12s}" for x in (r["measured"], r["predicted"]))
         typer.echo(f"{r['check']:{width}s}  {m}  {p}  {verdict}")
     typer.echo(f"plots: {out}")
+    failed = [r["check"] for r in rows if r["ok"] is False]
+    if failed:  # a check command: a failed check is a non-zero exit
+        typer.echo(f"{len(failed)} check(s) failed: {'; '.join(failed)}", err=True)
+        raise typer.Exit(1)
