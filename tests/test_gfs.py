@@ -349,32 +349,16 @@ def test_chebyshev_integrator_option_matches_the_dual():
         gfs_sharpness(p, integrator="rk4")
 
 
-class _Kill(BaseException):
-    pass
-
-
-def test_resumed_run_repeats_phi_exactly(tmp_path, monkeypatch):
+def test_resumed_run_repeats_phi_exactly(tmp_path, killed_at_gd_step):
     # the GFS solver's warm starts (eigensolver bases, generator) are checkpointed with the run
     from rodflow import resume
-    from rodflow.processes import gd as gd_module
 
     p = problems.make("diagonal-linear-network", n=8, dim=40, v_scale=0.3)  # d = 80: LOBPCG, warm-started
     kw = dict(lr=0.05, steps=12, methods=["gd"], gfs_every=3, sharpness_every=0,
               gfs_options={"method": "numerical"}, progress=False)
     full = simulate(p, **kw)
-    original = gd_module.GD.advance
-    calls = {"n": 0}
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise _Kill()
-        return original(self)
-
-    monkeypatch.setattr(gd_module.GD, "advance", dying)
-    with pytest.raises(_Kill):
+    with killed_at_gd_step(8):
         simulate(p, **kw, out=tmp_path / "run", checkpoint_every=4)
-    monkeypatch.setattr(gd_module.GD, "advance", original)
     resumed = resume(tmp_path / "run", progress=False)
     cols = ["gfs_sharpness", "gfs_error", "gfs_grad_evals", "gfs_hvps", "gfs_jvps"]
     a, b = full.method("gd")[cols], resumed.method("gd")[cols]

@@ -1,13 +1,10 @@
 """simulate: lock-step runs, divergence, closed forms, records, resume, determinism, bad input."""
 
 import json
-import math
-import os
 import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -16,7 +13,6 @@ import torch
 
 import rodflow
 from rodflow import Problem, RodflowError, problems
-from rodflow.processes import gd as gd_module
 
 TIMING = [c for c in ("wall_s", "sharpness_wall_s")]
 
@@ -122,27 +118,12 @@ def test_out_dir_equals_in_memory_run(tmp_path):
     assert json.loads((tmp_path / "run" / "config.json").read_text())["environment"]["torch"] == torch.__version__
 
 
-class _Kill(BaseException):
-    pass
-
-
-def test_resume_after_interrupt_gives_same_metrics(tmp_path, monkeypatch):
+def test_resume_after_interrupt_gives_same_metrics(tmp_path, killed_at_gd_step):
     p = problems.make("sharp-valley")
     kw = dict(lr=0.3, steps=120, methods=("gd", "gradient_flow"), neigs=2)
     full = rodflow.simulate(p, **kw)
-    original = gd_module.GD.advance
-    calls = {"n": 0}
-
-    def dying(self):
-        calls["n"] += 1
-        if calls["n"] == 77:
-            raise _Kill()
-        return original(self)
-
-    monkeypatch.setattr(gd_module.GD, "advance", dying)
-    with pytest.raises(_Kill):
+    with killed_at_gd_step(77):
         rodflow.simulate(p, **kw, out=tmp_path / "run", checkpoint_every=20)
-    monkeypatch.setattr(gd_module.GD, "advance", original)
     partial = rodflow.load(tmp_path / "run")  # killed: readable, every completed step there
     assert partial.metrics["step"].max() == 76
     resumed = rodflow.resume(tmp_path / "run")
