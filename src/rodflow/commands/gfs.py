@@ -56,6 +56,34 @@ def scalar_sweep(depths=(2, 3, 4, 5, 6), lrs=None, steps: int = 400, y: float = 
     return rows, traces
 
 
+def phi_figure(path: Path, title: str, loss, sharpness, phi, lr: float, phi_error=None, loss_scale: str = "log"):
+    """Two panels: GD's loss; sharpness S(w_t), GFS sharpness φ(w_t) (with error bars when given) and 2/η.
+    ``loss``, ``sharpness``, ``phi`` (and ``phi_error``) are series over steps (pandas, or lists indexed 0..)."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    loss, sharpness, phi = (pd.Series(x) for x in (loss, sharpness, phi))
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(loss.index, loss.values, lw=0.8)
+    if loss_scale == "symlog":  # losses that reach exactly 0
+        axes[0].set_yscale("symlog", linthresh=1e-12)
+    else:
+        axes[0].set_yscale("log")
+    axes[0].set_title(title, fontsize=9)
+    axes[1].plot(sharpness.index, sharpness.values, lw=0.6, color="grey", label="sharpness S(w_t)")
+    if phi_error is None:
+        axes[1].plot(phi.index, phi.values, lw=1.5, color="tab:red", label="GFS sharpness φ(w_t)")
+    else:
+        axes[1].errorbar(phi.index, phi.values, yerr=pd.Series(phi_error).values, color="tab:red", lw=1.5,
+                         marker=".", label="GFS sharpness φ(w_t)")
+    axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
+    for ax in axes:
+        ax.set_xlabel("step")
+    axes[1].legend(fontsize=8)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
+
+
 # the default network experiment: an MLP on 20 digits (2 per class) that can interpolate (d = 2410 > 200 targets)
 NETWORK_DEFAULTS = {"n": 20, "classes": 10, "width": 32, "depth": 1}
 
@@ -124,17 +152,8 @@ def gfs(
             "gfs_increases", "gfs_max_increase_rel"]
     typer.echo(table[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}"))
     for key, (loss, sharp, phis, lr) in traces.items():
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        axes[0].plot(loss, lw=0.8)
-        axes[0].set_yscale("symlog", linthresh=1e-12)
-        axes[0].set_title(f"loss — depth {key[0]}, {key[1]}, φ0 = {key[2]}·2/η", fontsize=9)
-        axes[1].plot(sharp, lw=0.6, color="grey", label="sharpness S(w_t)")
-        axes[1].plot(phis, lw=1.5, color="tab:red", label="GFS sharpness φ(w_t)")
-        axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
-        axes[1].set_xlabel("step")
-        axes[1].legend(fontsize=8)
-        fig.savefig(out / f"scalar_d{key[0]}_{key[1]}_{key[2]}.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        phi_figure(out / f"scalar_d{key[0]}_{key[1]}_{key[2]}.png",
+                   f"loss — depth {key[0]}, {key[1]}, φ0 = {key[2]}·2/η", loss, sharp, phis, lr, loss_scale="symlog")
     fig, ax = plt.subplots(figsize=(5, 4))
     for start, marker in (("balanced", "o"), ("unbalanced", "s")):
         sub = table[table.start == start]
@@ -161,15 +180,8 @@ def gfs(
         typer.echo(f"squared regression: φ0 = {phi0:.4g}, η = {lr:.4g} (2/η = {2 / lr:.4g}); final φ = "
                    f"{summ['final_gfs_sharpness'].iloc[0]:.4g}, increases above solver error: "
                    f"{summ['gfs_increases'].iloc[0]}, final loss {df['loss'].iloc[-1]:.3g}")
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        axes[0].semilogy(df.index, df["loss"], lw=0.8)
-        axes[0].set_title("squared regression: GD loss", fontsize=9)
-        axes[1].plot(df.index, df["sharpness"], color="grey", lw=0.6, label="sharpness")
-        axes[1].plot(df.index, df["gfs_sharpness"], color="tab:red", lw=1.5, label="GFS sharpness φ")
-        axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
-        axes[1].legend(fontsize=8)
-        fig.savefig(out / "squared_regression.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        phi_figure(out / "squared_regression.png", "squared regression: GD loss", df["loss"], df["sharpness"],
+                   df["gfs_sharpness"], lr)
     if network:
         res, start = network_run(network, net_params, eta_factor, network_steps, network_gfs_every, out / "network",
                                  progress)
@@ -185,17 +197,7 @@ def gfs(
                    f"{int(summ['gfs_evals'])} (NaN {int(summ['gfs_nan'])}), increases above solver error "
                    f"{int(summ['gfs_increases'])}, mean cost {phi['gfs_grad_evals'].mean():.0f} gradients + "
                    f"{phi['gfs_jvps'].mean():.0f} J-products, {phi['gfs_wall_s'].mean():.1f} s")
-        fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-        axes[0].semilogy(df.index, df["loss"], lw=0.8)
-        axes[0].set_title(f"{network}: GD loss (η = {lr:.3g})", fontsize=9)
-        axes[0].set_xlabel("step")
-        axes[1].plot(df.index, df["sharpness"], color="grey", lw=0.6, label="sharpness S(w_t)")
         good = phi[phi["gfs_converged"] == 1]
-        axes[1].errorbar(good.index, good["gfs_sharpness"], yerr=good["gfs_error"], color="tab:red", lw=1.5,
-                         marker=".", label="GFS sharpness φ(w_t)")
-        axes[1].axhline(2 / lr, ls=":", color="black", label="2/η")
-        axes[1].set_xlabel("step")
-        axes[1].legend(fontsize=8)
-        fig.savefig(out / "network.png", dpi=120, bbox_inches="tight")
-        plt.close(fig)
+        phi_figure(out / "network.png", f"{network}: GD loss (η = {lr:.3g})", df["loss"], df["sharpness"],
+                   good["gfs_sharpness"], lr, phi_error=good["gfs_error"])
     typer.echo(f"plots and tables -> {out}")
