@@ -119,18 +119,31 @@ class GFSOptions:
             raise RodflowError("GFS options need max_grad_evals >= 10, cg_maxiter >= 1 and lsqr_maxiter >= 1")
 
 
+def gfs_options(problem: Problem, **options: Any) -> GFSOptions:
+    """Validated :class:`GFSOptions` for ``problem`` (one-line error for an unknown name, a bad value, or
+    method="exact" on a problem without an exact solver)."""
+    if not isinstance(problem, Problem):
+        raise RodflowError(f"gfs needs a rodflow.Problem, got {type(problem).__name__}")
+    known = {f.name for f in dataclasses.fields(GFSOptions)}
+    for key in options:
+        if key not in known:
+            raise RodflowError(f"unknown GFS option {key!r}; options: {', '.join(sorted(known))}")
+    opts = GFSOptions(**options)
+    if opts.method == "exact" and _exact_kind(problem) is None:
+        raise RodflowError(
+            f"problem {problem.name!r} has no exact GFS solver (scalar network, squared regression or diagonal "
+            "linear network); use method='auto' or 'numerical'"
+        )
+    return opts
+
+
 class GFSSolver:
     """Computes Φ and φ at many points of one problem, warm-starting the eigensolver between calls. A float32
     problem is solved in float64 (``problem.to``) when it can be rebuilt so; points and work counts then refer to
     that float64 copy (``solver.problem``)."""
 
     def __init__(self, problem: Problem, **options: Any):
-        if not isinstance(problem, Problem):
-            raise RodflowError(f"gfs needs a rodflow.Problem, got {type(problem).__name__}")
-        known = {f.name for f in dataclasses.fields(GFSOptions)}
-        for key in options:
-            if key not in known:
-                raise RodflowError(f"unknown GFS option {key!r}; options: {', '.join(sorted(known))}")
+        self.options = gfs_options(problem, **options)
         if problem.dtype != torch.float64:
             # φ to 1e-4 needs float64: in float32 two eigensolves at the same point already disagreed by more
             # than that (mlp-digits: projections gave 9.4 … 15.9 for φ = 16.04), so compute in float64 if we can
@@ -139,16 +152,10 @@ class GFSSolver:
             except RodflowError:
                 pass
         self.problem = problem
-        self.options = GFSOptions(**options)
         self.basis: Tensor | None = None
         self.radius_basis: Tensor | None = None
         self.generator = torch.Generator().manual_seed(self.options.seed)
         self.exact = _exact_kind(problem)
-        if self.options.method == "exact" and self.exact is None:
-            raise RodflowError(
-                f"problem {problem.name!r} has no exact GFS solver (scalar network, squared regression or diagonal "
-                "linear network); use method='auto' or 'numerical'"
-            )
 
     def state_dict(self) -> dict[str, Any]:
         """The warm-start state (eigensolver bases, random generator), so a resumed run repeats its φ exactly."""

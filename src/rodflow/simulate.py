@@ -76,9 +76,9 @@ def simulate(
                          eig_tol, diverge_factor)
     config["gfs_every"] = _count("gfs_every", gfs_every, minimum=0)
     if gfs_options:
-        from .gfs import GFSSolver
+        from .gfs import gfs_options as check_gfs_options
 
-        GFSSolver(problem, **gfs_options)  # unknown or invalid options fail here, before the run starts
+        check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail here, before the run starts
         config["gfs_options"] = dict(gfs_options)
     problem = problem.to(torch_dtype)
     run = _Run(problem, config, Path(out) if out is not None else None)
