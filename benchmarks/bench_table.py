@@ -11,6 +11,8 @@ B5 one GFS evaluation vs fixed-step RK4 at h = 1/S (and what RK4 needs to reach 
 B5-net the same on real data (mlp-digits n = 20, 10 classes, width 32, d = 2410), work in gradient-equivalents
 B6 HVP/gradient throughput per architecture and HVP path (bench_hvp)
 B7 cost per step and peak RSS of GD, rod flow, central flow vs parameter count and dataset size (subprocesses)
+B2/B2a/B8 (issue 12, bench_integrators): rod flow and gradient flow gradients per GD step with their default
+   integrator on every benchmark case, and the change of their accuracy against a tight Dormand-Prince solve
 
 Only the dynamics are timed (``advance``), not the per-step observations every process records in simulate.
 """
@@ -38,7 +40,7 @@ from rodflow.problems.reference_mlp import mlp_problem  # noqa: E402
 
 ROOT = HERE.parent
 COMPACT = ROOT / "tests" / "data" / "central_flow_reference.npz"
-TARGETS = {"B1": 1 / 20, "B2": 4.0, "B3": 1.0, "B4": 1 / 3, "B5": 1 / 5, "B5-net": 1 / 5}
+TARGETS = {"B1": 1 / 40, "B2": 3.5, "B3": 1.0, "B4": 1 / 3, "B5": 1 / 5, "B5-net": 1 / 5}
 # the flagship network problem (the demo's: 2 x 32 tanh MLP on 200 digits, MSE), lr with 2/lr = S0 / 0.95
 NETWORK = ("mlp-digits", dict(n=200, width=32, depth=2, activation="tanh", loss="mse"), 0.95)
 # rod tolerances (rtol, atol, rod_rtol), loosest first; the last is the tight reference solve
@@ -246,6 +248,14 @@ def _plot_b7(rows: list[dict]) -> None:
 
 
 # ------------------------------------------------------------------------------------------------ table
+def _cheap_flows(quick: bool) -> dict:
+    """Issue 12's table (bench_integrators): gradients per GD step and the accuracy rule, every case."""
+    import bench_integrators
+
+    out = bench_integrators.run(quick=quick)
+    return {"cases": out["cases"].to_dict(orient="records"), "table": out["table"].to_dict(orient="records")}
+
+
 def run(quick: bool = True) -> dict:
     torch.set_num_threads(1)
     import bench_gfs
@@ -261,6 +271,7 @@ def run(quick: bool = True) -> dict:
         ("B1_network", lambda: b1_network(150 if quick else 300)),
         ("B2", lambda: b2_rod_vs_gd(150 if quick else 300)),
         ("B7", lambda: b7_scaling(quick)),
+        ("B2_B8", lambda: _cheap_flows(quick)),
     )
     for key, fn in parts:
         t0 = time.perf_counter()
@@ -321,6 +332,8 @@ def table(out: dict) -> list[dict]:
         dict(id="B5-net", what="same, wall time",
              value=_get(out, "B5-net", "B5net_wall_ratio"), target=TARGETS["B5-net"]),
     ]
+    for r in _get(out, "B2_B8", "table") or []:
+        rows.append(dict(id=r["id"], what=r["what"], value=r["measured"], target=r["target"]))
     for arch, best in (b6.get("fastest") or {}).items():
         rows.append(dict(id="B6", what=f"{arch}: fastest HVP path {best['method']} (HVP/grad time)",
                          value=best["hvp_over_grad"], target=None))

@@ -75,22 +75,29 @@ def test_non_finite_loss_is_divergence():
     assert "diverged at step" in r.status["gd"]
 
 
+@pytest.mark.parametrize("integrator,rel_bound,abs_bound", [("dopri", 1e-6, 1e-8), ("rkc", 5e-4, 5e-5)])
 @pytest.mark.parametrize("lambdas,lr", [([0.5, 2.0, 5.0], 0.1), ([1.0, 30.0, 300.0], 0.05)])
-def test_gradient_flow_matches_closed_form(lambdas, lr):
+def test_gradient_flow_matches_closed_form(lambdas, lr, integrator, rel_bound, abs_bound):
+    """Both integrators at their default tolerances (dopri rtol 1e-8; rkc rtol 1e-5, second order: measured
+    relative errors 3.0e-5 and 3.1e-4, growing with t as the decaying components' relative error accumulates)."""
     lam = np.array(lambdas)
     p = problems.make("quadratic", lambdas=lambdas, w0=[1.0, -2.0, 0.5])
     steps = 60
-    r = rodflow.simulate(p, lr=lr, steps=steps, methods=("gradient_flow",), sharpness_every=0)
+    r = rodflow.simulate(p, lr=lr, steps=steps, methods=("gradient_flow",), sharpness_every=0,
+                         options={"gradient_flow": {"integrator": integrator}})
     t = np.arange(steps + 1)[:, None]
     exact = np.array([1.0, -2.0, 0.5])[None, :] * np.exp(-lr * lam[None, :] * t)
     got = r.iterates["gradient_flow"]
     # relative error of the iterate at every integer time (read off the dense output between steps)
     rel = np.linalg.norm(got - exact, axis=1) / np.linalg.norm(exact, axis=1)
-    assert rel.max() <= 1e-6
-    assert np.max(np.abs(got - exact)) <= 1e-8
-    # stiffness-adapted steps: cost per unit time grows with ηS, far below a fixed step of 1/(100 ηS)
-    evals = r.method("gradient_flow")["grad_evals"].sum()
-    assert evals < 6 * steps * max(1.0, lr * lam.max()) * 2.5
+    assert rel.max() <= rel_bound
+    assert np.max(np.abs(got - exact)) <= abs_bound
+    # DOPRI's steps adapt to the stiffness: cost per unit time grows with ηS, far below a fixed step of 1/(100 ηS).
+    # (RKC is accuracy-limited on these pure exponential decays: 1314 and 2098 evaluations here against DOPRI's
+    # 782 and 2270; its cost advantage on stiff flows is tested in test_integrators.py.)
+    if integrator == "dopri":
+        evals = r.method("gradient_flow")["grad_evals"].sum()
+        assert evals < 6 * steps * max(1.0, lr * lam.max()) * 2.5
 
 
 def test_save_load_round_trip(tmp_path):

@@ -1,5 +1,4 @@
-"""ODE integration for the flows: an adaptive explicit Runge-Kutta pair with dense output, and an adaptive
-Runge-Kutta-Chebyshev method for stiff gradient flows (``ChebyshevRK``, used by the GFS solver).
+"""The Dormand-Prince 5(4) pair with dense output (``integrator="dopri"``).
 
 The separation follows diffrax: the *vector field* ``f(t, y)`` belongs to a process, the *solver* here is
 the Dormand-Prince 5(4) pair (7 stages, first-same-as-last, so 6 new evaluations per accepted step), the
@@ -16,13 +15,10 @@ Hairer, Nørsett & Wanner (Solving ODEs I, §II.6).
 from __future__ import annotations
 
 import math
-from typing import Callable
-
 import numpy as np
 import torch
 
-Tensor = torch.Tensor
-VectorField = Callable[[float, Tensor], Tensor]
+from .base import IntegrationError, Norm, Tensor, VectorField, rms_norm
 
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
 _A = (
@@ -46,15 +42,11 @@ _D = (
 )
 
 
-class IntegrationError(RuntimeError):
-    pass
-
-
 class DormandPrince:
     """Adaptive Dormand-Prince 5(4) integration of dy/dt = f(t, y) with dense output.
 
-    ``rtol``/``atol`` bound the local error per step in the RMS norm over components; ``max_step`` caps h.
-    ``nfev`` counts calls of f.
+    ``rtol``/``atol`` bound the local error per step in the RMS norm over components (``norm`` replaces that
+    norm: ``norm(err, y0, y1) <= 1`` accepts a step); ``max_step`` caps h. ``nfev`` counts calls of f.
     """
 
     def __init__(
@@ -71,10 +63,12 @@ class DormandPrince:
         fac_min: float = 0.2,
         fac_max: float = 10.0,
         beta: float = 0.04,
+        norm: Norm | None = None,
     ):
         if not (rtol > 0 and atol >= 0):
             raise ValueError("rtol must be > 0 and atol >= 0")
         self.f = f
+        self.norm = norm if norm is not None else rms_norm(rtol, atol)
         self.rtol, self.atol = rtol, atol
         self.max_step = max_step
         self.max_steps_per_call = max_steps_per_call
@@ -116,8 +110,7 @@ class DormandPrince:
         return self.f(t, y)
 
     def _norm(self, x: Tensor, y0: Tensor, y1: Tensor) -> float:
-        scale = self.atol + self.rtol * torch.maximum(y0.abs(), y1.abs())
-        return float(torch.sqrt(torch.mean((x / scale) ** 2)))
+        return self.norm(x, y0, y1)
 
     def _initial_step(self) -> float:
         y0, f0 = self.y, self.fy
@@ -207,125 +200,3 @@ def _interpolate(coef: list[Tensor], theta: float) -> Tensor:
     r1, r2, r3, r4, r5 = coef
     s = 1.0 - theta
     return r1 + theta * (r2 + s * (r3 + theta * (r4 + s * r5)))
-
-
-class ChebyshevRK:
-    """Adaptive second-order Runge-Kutta-Chebyshev (RKC) integration of an autonomous dy/dt = f(y) whose
-    Jacobian has a real, non-positive dominant spectrum — a gradient flow, whose Jacobian is −H.
-
-    An s-stage RKC step is stable for h·ρ ≤ β(s) ≈ 0.65 s² (ρ the spectral radius), so a stiff flow costs
-    about √(hρ/0.65) evaluations per step instead of the ~ρh/0.55 an explicit Dormand-Prince step at its
-    stability limit would need. The method is the damped (ε = 2/13) second-order scheme of Sommeijer, Shampine
-    & Verwer (1998, J. Comput. Appl. Math. 88), with their local-error estimate
-    (12(y_n − y_{n+1}) + 6h(f_n + f_{n+1}))/15 and step-size controller; the number of stages is set from
-    ``spectral_radius(y)`` (an upper estimate of ρ, re-evaluated every ``radius_every`` steps and after a
-    rejected step). ``nfev`` counts calls of f; ``step()`` takes one accepted step.
-    """
-
-    def __init__(self, f: Callable[[Tensor], Tensor], y0: Tensor, spectral_radius: Callable[[Tensor], float],
-                 rtol: float = 1e-7, atol: float = 1e-9, h0: float | None = None, max_stages: int = 400,
-                 radius_every: int = 25, radius_safety: float = 1.2):
-        if not (rtol > 0 and atol >= 0):
-            raise ValueError("rtol must be > 0 and atol >= 0")
-        self.f, self.radius_fn = f, spectral_radius
-        self.rtol, self.atol = rtol, atol
-        self.max_stages, self.radius_every, self.radius_safety = int(max_stages), int(radius_every), radius_safety
-        self.nfev = self.naccept = self.nreject = 0
-        self.t = 0.0
-        self.y = y0.clone()
-        self.fy = self._f(self.y)
-        self._radius_at = -1
-        self.rho = self._radius()
-        self.h = float(h0) if h0 is not None else self._initial_step()
-        self.err_old = self.h_old = None
-        self.stages = 0
-
-    def _f(self, y: Tensor) -> Tensor:
-        self.nfev += 1
-        return self.f(y)
-
-    def _radius(self) -> float:
-        self._radius_at = self.naccept
-        rho = float(self.radius_fn(self.y))
-        return self.radius_safety * max(rho, 1e-12) if math.isfinite(rho) else math.inf
-
-    def _norm(self, x: Tensor, y0: Tensor, y1: Tensor) -> float:
-        scale = self.atol + self.rtol * torch.maximum(y0.abs(), y1.abs())
-        return float(torch.sqrt(torch.mean((x / scale) ** 2)))
-
-    def _initial_step(self) -> float:
-        # the step of a second-order method whose leading error term is ~h²·‖f'f‖ at the tolerance
-        h = 1.0 / max(self.rho, 1e-12)
-        probe = self._f(self.y + h * self.fy)
-        est = self._norm(h * (probe - self.fy), self.y, self.y)
-        return h if est == 0 else max(min(10 * h, 0.5 * h / math.sqrt(est)), 1e-3 * h)
-
-    def step(self) -> None:
-        """One accepted step (rejected attempts are retried with a smaller h)."""
-        if self.naccept - self._radius_at >= self.radius_every:
-            self.rho = self._radius()
-        while True:
-            h = self.h
-            if h <= 1e-12 * max(1.0, abs(self.t)):
-                raise IntegrationError(f"step size underflow (h={h:.3g}) at t={self.t:.6g}")
-            if not math.isfinite(self.rho):
-                raise IntegrationError("the spectral radius estimate is not finite")
-            s = 1 + int(math.ceil(math.sqrt(1.0 + 1.54 * h * self.rho)))
-            if s > self.max_stages:  # cap the stages: shorten the step to what max_stages can carry
-                s = self.max_stages
-                h = min(h, 0.65 * (s - 1) ** 2 / self.rho)
-            y1 = _rkc_step(self._f, self.y, self.fy, h, s)
-            f1 = self._f(y1)
-            est = (12.0 * (self.y - y1) + 6.0 * h * (self.fy + f1)) / 15.0
-            err = self._norm(est, self.y, y1)
-            finite = math.isfinite(err) and bool(torch.isfinite(y1).all())
-            if finite and err <= 1.0:
-                # predictive controller of the RKC paper (uses the previous step's error and size)
-                fac = 0.8 * max(err, 1e-10) ** (-1.0 / 3.0)
-                if self.err_old is not None and self.h_old:
-                    fac = min(fac, fac * (h / self.h_old) * (self.err_old / max(err, 1e-10)) ** (1.0 / 3.0))
-                self.err_old, self.h_old = max(err, 1e-10), h
-                self.t, self.y, self.fy = self.t + h, y1, f1
-                self.h = h * min(10.0, max(0.1, fac))
-                self.naccept += 1
-                self.stages = s
-                return
-            self.nreject += 1
-            self.rho = self._radius() if finite else self.rho
-            self.h = h * (0.1 if not finite else max(0.1, 0.8 * err ** (-1.0 / 3.0)))
-
-    def advance_to(self, T: float) -> Tensor:
-        """Step until t ≥ T (no dense output: the state is at the first accepted time past T)."""
-        while self.t < T:
-            self.step()
-        return self.y.clone()
-
-
-def _rkc_step(f, y0: Tensor, f0: Tensor, h: float, s: int) -> Tensor:
-    """One s-stage damped second-order RKC step (autonomous f), from the Chebyshev recurrences at w0."""
-    eps = 2.0 / 13.0
-    w0 = 1.0 + eps / (s * s)
-    # T_j, T_j', T_j'' at w0 for j = 0..s
-    T = [1.0, w0]
-    dT = [0.0, 1.0]
-    ddT = [0.0, 0.0]
-    for j in range(2, s + 1):
-        T.append(2 * w0 * T[j - 1] - T[j - 2])
-        dT.append(2 * T[j - 1] + 2 * w0 * dT[j - 1] - dT[j - 2])
-        ddT.append(4 * dT[j - 1] + 2 * w0 * ddT[j - 1] - ddT[j - 2])
-    w1 = dT[s] / ddT[s]
-    b = [0.0] * (s + 1)
-    for j in range(2, s + 1):
-        b[j] = ddT[j] / dT[j] ** 2
-    b[0] = b[1] = b[2]
-    a = [1.0 - b[j] * T[j] for j in range(s + 1)]
-    y_prev2 = y0
-    y_prev = y0 + (b[1] * w1 * h) * f0
-    for j in range(2, s + 1):
-        mu = 2 * b[j] * w0 / b[j - 1]
-        nu = -b[j] / b[j - 2]
-        mu_t = 2 * b[j] * w1 / b[j - 1]
-        gamma_t = -a[j - 1] * mu_t
-        y_new = (1 - mu - nu) * y0 + mu * y_prev + nu * y_prev2 + (mu_t * h) * f(y_prev) + (gamma_t * h) * f0
-        y_prev2, y_prev = y_prev, y_new
-    return y_prev
