@@ -31,6 +31,17 @@ def _number(x) -> bool:
     return isinstance(x, (int, float)) and not isinstance(x, bool)
 
 
+def integration_options(method: str, dtype: torch.dtype, integrator, rtol, atol, max_step):
+    """A flow's (integrator, rtol, atol, max_step): the name checked, tolerances defaulted per integrator and
+    dtype, and every number validated (one-line errors) before any work is done."""
+    integrator = integrators.check_name(integrator, method)
+    rt, at = default_tolerances(dtype, integrator)
+    rtol = rt if rtol is None else rtol
+    atol = at if atol is None else atol
+    check_tolerances(method, rtol, atol, max_step)
+    return integrator, float(rtol), float(atol), float(max_step)
+
+
 def check_tolerances(method: str, rtol: float, atol: float, max_step: float) -> None:
     """One-line errors for tolerances an integrator cannot use (before any work is done)."""
     if not (_number(rtol) and math.isfinite(rtol) and rtol > 0):
@@ -54,19 +65,15 @@ class GradientFlow(Process):
     def __init__(self, problem, lr, integrator: str = DEFAULT_INTEGRATOR, rtol: float | None = None,
                  atol: float | None = None, max_step: float = 50.0):
         super().__init__(problem, lr)
-        self.integrator = integrators.check_name(integrator, "gradient_flow")
-        rt, at = default_tolerances(problem.dtype, self.integrator)
-        self.rtol = rt if rtol is None else rtol
-        self.atol = at if atol is None else atol
-        self.max_step = max_step
-        check_tolerances("gradient_flow", self.rtol, self.atol, self.max_step)
+        self.integrator, self.rtol, self.atol, self.max_step = integration_options(
+            "gradient_flow", problem.dtype, integrator, rtol, atol, max_step)
 
     def _field(self, t, w):
         return -self.lr * self.problem.grad(w)
 
     def _ode(self, w):
-        return integrators.make(self.integrator, self._field, w, rtol=float(self.rtol), atol=float(self.atol),
-                                max_step=float(self.max_step))
+        return integrators.make(self.integrator, self._field, w, rtol=self.rtol, atol=self.atol,
+                                max_step=self.max_step)
 
     def start(self, w0):
         self.t = 0

@@ -31,7 +31,7 @@ import torch
 from .. import integrators
 from ..errors import RodflowError
 from .base import Observation, Process, as_numpy, as_tensor, nest, unnest
-from .gradient_flow import DEFAULT_INTEGRATOR, _number, check_tolerances, default_tolerances
+from .gradient_flow import DEFAULT_INTEGRATOR, _number, integration_options
 from . import register
 
 SEEDS = ("precision", "none")
@@ -99,13 +99,8 @@ class RodFlow(Process):
         seed_scale: float = 1.0,
     ):
         super().__init__(problem, lr)
-        self.integrator = integrators.check_name(integrator, "rod_flow")
-        rt, at = default_tolerances(problem.dtype, self.integrator)
-        self.rtol = rt if rtol is None else rtol
-        self.atol = at if atol is None else atol
-        self.max_step = max_step
-        check_tolerances("rod_flow", self.rtol, self.atol, self.max_step)
-        self.rtol, self.atol, self.max_step = float(self.rtol), float(self.atol), float(self.max_step)
+        self.integrator, self.rtol, self.atol, self.max_step = integration_options(
+            "rod_flow", problem.dtype, integrator, rtol, atol, max_step)
         self.rod_rtol = DEFAULT_ROD_RTOL[self.integrator] if rod_rtol is None else rod_rtol
         if not (_number(self.rod_rtol) and math.isfinite(self.rod_rtol) and self.rod_rtol > 0):
             raise RodflowError(f"rod_flow rod_rtol must be a finite number > 0, got {rod_rtol!r}")
