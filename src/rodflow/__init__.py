@@ -11,9 +11,9 @@ _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 __version__ = "0.1.0"
 
 from . import problems, processes  # noqa: E402
-from .errors import RodflowError  # noqa: E402
+from .errors import RodflowError, RodflowWarning  # noqa: E402
 from .problem import Problem  # noqa: E402
 from .records import Result, load  # noqa: E402
 from .simulate import resume, simulate  # noqa: E402
 
-__all__ = ["Problem", "Result", "RodflowError", "load", "problems", "processes", "resume", "simulate"]
+__all__ = ["Problem", "Result", "RodflowError", "RodflowWarning", "load", "problems", "processes", "resume", "simulate"]

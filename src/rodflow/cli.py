@@ -90,6 +90,8 @@ def run(
     sharpness_every: int = typer.Option(1, help="top Hessian eigenvalues every N steps (0: never)"),
     neigs: int = typer.Option(1, help="number of top eigenvalues tracked"),
     dtype: str = typer.Option("float64", help="float64 or float32"),
+    device: Optional[str] = typer.Option(
+        None, help="cpu, cuda, cuda:N, mps or auto (default cpu; with --resume: the run's own device)"),
     seed: int = typer.Option(0),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="method option method.key=value (repeatable)"),
     iterates: str = typer.Option("full", help="record iterates: full, none, or an integer k (random projection)"),
@@ -105,11 +107,11 @@ def run(
     import rodflow
 
     if resume is not None:
-        result = rodflow.resume(resume, progress=progress)
+        result = rodflow.resume(resume, progress=progress, device=device)
     else:
         if problem is None:
             raise RodflowError("give --problem NAME (see `rodflow problems`) or --resume DIR")
-        prob = rodflow.problems.make(problem, dtype=dtype, **parse_pairs(param, "--param"))
+        prob = rodflow.problems.make(problem, dtype=dtype, device=device, **parse_pairs(param, "--param"))
         if lr is None:
             if prob.suggested_lr is None:
                 raise RodflowError(f"problem {problem!r} has no suggested learning rate; give --lr")

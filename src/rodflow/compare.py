@@ -98,7 +98,8 @@ def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike |
     out = Path(out) if out is not None else Path("runs") / str(config["name"])
     sim_kwargs = {k: v for k, v in config.items() if k in _SIM_KEYS}
     dtype = sim_kwargs.get("dtype", "float64")
-    problem = problems.make(config["problem"], dtype=dtype, **config.get("params", {}))
+    problem = problems.make(config["problem"], dtype=dtype, device=sim_kwargs.get("device"),
+                            **config.get("params", {}))
     s0 = None
     lr = config.get("lr")
     if "s0_fraction" in config or config.get("sharpness_every", 1):

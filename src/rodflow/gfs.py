@@ -163,14 +163,14 @@ class GFSSolver:
         for key in ("basis", "radius_basis"):
             value = getattr(self, key)
             if value is not None:
-                state[key] = value.numpy().copy()
+                state[key] = value.detach().cpu().numpy().copy()
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "generator" in state:
             self.generator.set_state(torch.as_tensor(np.asarray(state["generator"]), dtype=torch.uint8))
         for key in ("basis", "radius_basis"):
-            setattr(self, key, torch.as_tensor(np.asarray(state[key])) if key in state else None)
+            setattr(self, key, torch.as_tensor(np.asarray(state[key])).to(self.problem.device) if key in state else None)
 
     def __call__(self, w) -> GFSResult:
         w = _as_point(self.problem, w)
@@ -205,7 +205,7 @@ def _as_point(problem: Problem, w) -> Tensor:
         t = w.detach().to(problem.dtype).reshape(-1)
     else:
         try:
-            t = torch.as_tensor(np.asarray(w, dtype=float), dtype=problem.dtype).reshape(-1)
+            t = torch.as_tensor(np.asarray(w, dtype=float), dtype=problem.dtype, device=problem.device).reshape(-1)
         except (TypeError, ValueError):
             raise RodflowError(f"w must be a flat vector of numbers, got {type(w).__name__}") from None
     if t.numel() != problem.d:
@@ -301,12 +301,12 @@ def _scalar_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult |
     y = float(spec["y"])
     if y == 0:
         return None
-    point, phi, reason = scalar_network_gfs(w.double().numpy(), y)
+    point, phi, reason = scalar_network_gfs(w.double().cpu().numpy(), y)
     if reason:
         return _nan(problem, w, "scalar-closed-form", reason)
     D = point.size
     err = 16 * D * EPS * phi  # a root of a monotone 1-D function to a few ulp; φ is a sum of D positive terms
-    return _finish(problem, torch.as_tensor(point, dtype=problem.dtype), phi, "scalar-closed-form", err)
+    return _finish(problem, torch.as_tensor(point, dtype=problem.dtype, device=problem.device), phi, "scalar-closed-form", err)
 
 
 # ------------------------------------------------------------------------------------ convex-dual solvers
@@ -409,8 +409,8 @@ def _dual_error(X, y, beta, phi, n, factor) -> float:
 
 def _squared_regression_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
     spec = problem.extras["squared_regression"]
-    point, phi, err, reason = squared_regression_gfs(spec["X"], spec["y"], w.double().numpy())
-    pt = torch.as_tensor(point, dtype=problem.dtype)
+    point, phi, err, reason = squared_regression_gfs(spec["X"], spec["y"], w.double().cpu().numpy())
+    pt = torch.as_tensor(point, dtype=problem.dtype, device=problem.device)
     if reason:
         return _nan(problem, pt, "squared-regression-dual", reason)
     return _finish(problem, pt, phi, "squared-regression-dual", err)
@@ -419,9 +419,9 @@ def _squared_regression_exact(problem: Problem, w: Tensor, solver: GFSSolver) ->
 def _diagonal_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
     spec = problem.extras["diagonal_network"]
     p = w.numel() // 2
-    wn = w.double().numpy()
+    wn = w.double().cpu().numpy()
     pu, pv, phi, err, reason = diagonal_network_gfs(spec["X"], spec["y"], wn[:p], wn[p:])
-    pt = torch.as_tensor(np.concatenate([pu, pv]), dtype=problem.dtype)
+    pt = torch.as_tensor(np.concatenate([pu, pv]), dtype=problem.dtype, device=problem.device)
     if reason:
         return _nan(problem, pt, "diagonal-dual", reason)
     return _finish(problem, pt, phi, "diagonal-dual", err)
@@ -431,7 +431,7 @@ def _diagonal_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult
 def _top(problem: Problem, w: Tensor, solver: GFSSolver, sign: float = 1.0, basis=None):
     res = top_eigs(
         (lambda V: problem.hvp_block(w, V)) if sign > 0 else (lambda V: -problem.hvp_block(w, V)),
-        problem.d, 1, X0=basis, tol=solver.options.eig_tol, dtype=w.dtype, generator=solver.generator,
+        problem.d, 1, X0=basis, tol=solver.options.eig_tol, dtype=w.dtype, generator=solver.generator, device=w.device,
     )
     return float(res.values[0]), res
 
@@ -573,9 +573,18 @@ def _radius(problem: Problem, x: Tensor, solver: GFSSolver) -> float:
     the integrator adds a safety factor). Negative curvature only adds slowly growing modes, which RKC's
     stability polynomial follows like e^z, so it does not enter the stage count."""
     res = top_eigs(lambda V: problem.hvp_block(x, V), problem.d, 1, X0=solver.radius_basis, tol=1e-3,
-                   dtype=x.dtype, generator=solver.generator)
+                   dtype=x.dtype, generator=solver.generator, device=x.device)
     solver.radius_basis = res.basis
     return max(float(res.values[0]), 0.0)
+
+
+def _torch(v: np.ndarray, like: Tensor) -> Tensor:
+    """A SciPy vector as a flat tensor in ``like``'s dtype, on its device."""
+    return torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(-1).to(like)
+
+
+def _np64(x: Tensor) -> np.ndarray:
+    return x.detach().double().cpu().numpy()
 
 
 DENSE_D = 1024  # below this many parameters an unconverged λ_min falls back to the dense Hessian (d HVPs)
@@ -643,13 +652,11 @@ def _gauss_newton(problem: Problem, x: Tensor, solver: GFSSolver, r_floor: float
             return y
         op = LinearOperator(
             (r.numel(), problem.d), dtype=np.float64,
-            matvec=lambda v, jv=jv: jv(torch.from_numpy(np.ascontiguousarray(v, dtype=np.float64)).reshape(-1)
-                                       .to(y.dtype)).double().numpy(),
-            rmatvec=lambda u, jtu=jtu: jtu(torch.from_numpy(np.ascontiguousarray(u, dtype=np.float64)).reshape(-1)
-                                           .to(y.dtype)).double().numpy(),
+            matvec=lambda v, jv=jv: _np64(jv(_torch(v, y))),
+            rmatvec=lambda u, jtu=jtu: _np64(jtu(_torch(u, y))),
         )
-        sol = lsqr(op, -r.double().numpy(), atol=1e-12, btol=1e-12, iter_lim=opts.lsqr_maxiter)
-        delta = torch.from_numpy(sol[0]).to(y.dtype)
+        sol = lsqr(op, _np64(-r), atol=1e-12, btol=1e-12, iter_lim=opts.lsqr_maxiter)
+        delta = _torch(sol[0], y)
         y_new = y + delta
         r_new, jv_new, jtu_new = problem.jacobian_operator(y_new)
         rn_new = float(r_new.norm())

@@ -15,6 +15,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 import torch
 
+from .devices import resolve_device
 from .errors import RodflowError
 
 Tensor = torch.Tensor
@@ -84,7 +85,7 @@ class Problem:
         w0: Tensor,
         name: str = "custom",
         params: dict[str, Any] | None = None,
-        rebuild: Callable[[torch.dtype], "Problem"] | None = None,
+        rebuild: Callable[[torch.dtype, torch.device], "Problem"] | None = None,
         hvp_method: str = DEFAULT_HVP_METHOD,
         suggested_lr: float | None = None,
         extras: dict[str, Any] | None = None,
@@ -110,14 +111,18 @@ class Problem:
 
     # ----------------------------------------------------------------------------------------------- build
     @classmethod
-    def from_loss(cls, loss_fn: LossFn, w0, name: str = "custom", **kwargs) -> "Problem":
-        """A problem from ``loss_fn(w: Tensor) -> scalar Tensor`` and an initial flat vector ``w0``."""
+    def from_loss(cls, loss_fn: LossFn, w0, name: str = "custom", dtype=None, device=None, **kwargs) -> "Problem":
+        """A problem from ``loss_fn(w: Tensor) -> scalar Tensor`` and an initial flat vector ``w0``.
+
+        ``dtype``/``device`` convert ``w0`` (default: keep its own); ``loss_fn`` must accept a ``w`` of that
+        dtype on that device (tensors it closes over must live there too)."""
         if not callable(loss_fn):
             raise RodflowError("loss_fn must be callable: loss_fn(w: torch.Tensor) -> scalar tensor")
-        return cls([loss_fn], _as_tensor(w0), name=name, **kwargs)
+        return cls([loss_fn], _placed(_as_tensor(w0), dtype, device), name=name, **kwargs)
 
     @classmethod
-    def from_residual(cls, residual_fn: ResidualFn, w0, name: str = "custom", **kwargs) -> "Problem":
+    def from_residual(cls, residual_fn: ResidualFn, w0, name: str = "custom", dtype=None, device=None,
+                      **kwargs) -> "Problem":
         """The least-squares problem ``L(w) = ½‖r(w)‖²`` from ``residual_fn(w) -> tensor`` (any shape)."""
         if not callable(residual_fn):
             raise RodflowError("residual_fn must be callable: residual_fn(w: torch.Tensor) -> tensor of residuals")
@@ -129,7 +134,7 @@ class Problem:
             r = residual(w)
             return 0.5 * (r * r).sum()
 
-        return cls([loss], _as_tensor(w0), name=name, residuals=[residual], **kwargs)
+        return cls([loss], _placed(_as_tensor(w0), dtype, device), name=name, residuals=[residual], **kwargs)
 
     @classmethod
     def from_data(
@@ -140,6 +145,8 @@ class Problem:
         chunk_size: int = 1024,
         name: str = "custom",
         example_residual: Callable[..., Tensor] | None = None,
+        dtype=None,
+        device=None,
         **kwargs,
     ) -> "Problem":
         """Mean of per-example losses over a dataset, evaluated ``chunk_size`` examples at a time.
@@ -147,7 +154,8 @@ class Problem:
         ``example_loss(w, *batch)`` returns the vector of per-example losses of one batch, where ``batch``
         holds the rows of every array in ``data`` for that batch. Optional ``example_residual(w, *batch)``
         returns one residual row per example with ``example_loss = ½‖row‖²`` (a least-squares loss, e.g. MSE);
-        it gives the problem its Gauss-Newton structure (:meth:`jacobian_operator`).
+        it gives the problem its Gauss-Newton structure (:meth:`jacobian_operator`). ``dtype``/``device``
+        (default: ``w0``'s) place ``w0`` and the floating-point data; integer data (labels) keep their dtype.
         """
         data = [torch.as_tensor(a) for a in data]
         if not data:
@@ -157,8 +165,8 @@ class Problem:
             raise RodflowError("every data array must have the same number of rows (examples)")
         if chunk_size < 1:
             raise RodflowError(f"chunk_size must be a positive integer, got {chunk_size}")
-        w0 = _as_tensor(w0)
-        data = [a.to(w0.dtype) if a.is_floating_point() else a for a in data]
+        w0 = _placed(_as_tensor(w0), dtype, device)
+        data = [(a.to(device=w0.device, dtype=w0.dtype) if a.is_floating_point() else a.to(w0.device)) for a in data]
 
         def make_chunk(lo: int, hi: int) -> LossFn:
             def chunk(w: Tensor) -> Tensor:
@@ -179,25 +187,30 @@ class Problem:
         if example_residual is not None:
             kwargs["residuals"] = [make_residual(lo, hi) for lo, hi in bounds]
 
-        def rebuild(dtype: torch.dtype) -> "Problem":
+        def rebuild(dtype: torch.dtype, device: torch.device) -> "Problem":
             kw = {k: v for k, v in kwargs.items() if k != "residuals"}
-            return cls.from_data(example_loss, data, w0.to(dtype), chunk_size=chunk_size, name=name,
-                                 example_residual=example_residual, **kw)
+            return cls.from_data(example_loss, data, w0, chunk_size=chunk_size, name=name,
+                                 example_residual=example_residual, dtype=dtype, device=device, **kw)
 
         kwargs.setdefault("rebuild", rebuild)
         return cls(chunks, w0, name=name, **kwargs)
 
-    def to(self, dtype: str | torch.dtype) -> "Problem":
-        """The same problem in another floating-point precision."""
-        dtype = resolve_dtype(dtype)
-        if dtype == self.dtype:
+    def to(self, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None) -> "Problem":
+        """The same problem in another floating-point precision and/or on another device (default: unchanged).
+
+        Registry and ``from_data`` problems rebuild themselves (data included); a ``from_loss`` problem keeps
+        its functions, which must then accept ``w`` in the new dtype/device."""
+        dtype = self.dtype if dtype is None else resolve_dtype(dtype)
+        device = self.device if device is None else resolve_device(device)
+        if dtype == self.dtype and device == self.device:
             return self
         if self._rebuild is not None:
-            return self._rebuild(dtype)
+            return self._rebuild(dtype, device)
+        where = dtype_name(dtype) if device == self.device else f"{dtype_name(dtype)} on {device}"
         try:
             return Problem(
                 self.chunks,
-                self.w0.to(dtype),
+                self.w0.to(device=device, dtype=dtype),
                 name=self.name,
                 params=self.params,
                 hvp_method=self.hvp_method,
@@ -205,10 +218,11 @@ class Problem:
                 extras=self.extras,
                 residuals=self.residuals,
             )
-        except RuntimeError as exc:
+        except (RuntimeError, RodflowError) as exc:
             raise RodflowError(
-                f"loss_fn of problem {self.name!r} fails in {dtype_name(dtype)} ({str(exc).splitlines()[0]}); "
-                f"build it in that dtype or pass dtype={dtype_name(self.dtype)!r}"
+                f"loss_fn of problem {self.name!r} fails in {where} ({str(exc).splitlines()[0]}); build it there "
+                f"(tensors it uses on that device, in that dtype) or keep dtype={dtype_name(self.dtype)!r}, "
+                f"device={str(self.device)!r}"
             ) from None
 
     # ------------------------------------------------------------------------------------------ properties
@@ -220,8 +234,13 @@ class Problem:
     def dtype(self) -> torch.dtype:
         return self.w0.dtype
 
+    @property
+    def device(self) -> torch.device:
+        return self.w0.device
+
     def __repr__(self) -> str:
-        return f"Problem({self.name!r}, d={self.d}, dtype={dtype_name(self.dtype)}, params={self.params})"
+        where = "" if self.device.type == "cpu" else f", device={self.device}"
+        return f"Problem({self.name!r}, d={self.d}, dtype={dtype_name(self.dtype)}{where}, params={self.params})"
 
     @contextlib.contextmanager
     def counting(self) -> Iterator[Counts]:
@@ -245,7 +264,7 @@ class Problem:
     def loss_grad(self, w: Tensor) -> tuple[Tensor, Tensor]:
         """(L(w), ∇L(w)); one gradient evaluation."""
         self.counts.grad_evals += 1
-        total = torch.zeros((), dtype=w.dtype)
+        total = torch.zeros((), dtype=w.dtype, device=w.device)
         grad = torch.zeros_like(w)
         for f in self.chunks:
             x = w.detach().requires_grad_(True)
@@ -367,10 +386,10 @@ class Problem:
             parts = []
             for u, jtu, m in zip(duals, jtus, sizes):
                 if jtu is None or not jtu.requires_grad:
-                    parts.append(torch.zeros(m, dtype=w.dtype))
+                    parts.append(torch.zeros(m, dtype=w.dtype, device=w.device))
                     continue
                 (p,) = torch.autograd.grad(jtu, u, v, retain_graph=True, allow_unused=True)
-                parts.append(torch.zeros(m, dtype=w.dtype) if p is None else p)
+                parts.append(torch.zeros(m, dtype=w.dtype, device=w.device) if p is None else p)
             return torch.cat(parts)
 
         def jtu_(u: Tensor) -> Tensor:
@@ -393,7 +412,7 @@ class Problem:
 
     def hessian(self, w: Tensor) -> Tensor:
         """Dense Hessian by d HVPs (small problems and tests only)."""
-        H = self.hvp_block(w, torch.eye(self.d, dtype=w.dtype))
+        H = self.hvp_block(w, torch.eye(self.d, dtype=w.dtype, device=w.device))
         return 0.5 * (H + H.T)
 
     # ------------------------------------------------------------------------------------------ checking
@@ -463,6 +482,12 @@ def _as_tensor(w0) -> Tensor:
     if not t.is_floating_point():
         t = t.to(torch.float64)
     return t
+
+
+def _placed(w0: Tensor, dtype, device) -> Tensor:
+    """``w0`` converted to the requested dtype/device (each ``None``: keep)."""
+    return w0.to(device=None if device is None else resolve_device(device),
+                 dtype=None if dtype is None else resolve_dtype(dtype))
 
 
 def _check_w0(w0: Tensor) -> Tensor:

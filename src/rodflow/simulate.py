@@ -15,6 +15,7 @@ import math
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any, Sequence
 
@@ -22,7 +23,8 @@ import numpy as np
 import torch
 
 from . import processes, problems
-from .errors import RodflowError
+from .devices import precise, resolve_device
+from .errors import RodflowError, RodflowWarning
 from .linalg.eigs import SharpnessTracker
 from .problem import Problem, dtype_name, resolve_dtype
 from .records import (
@@ -58,6 +60,7 @@ def simulate(
     diverge_factor: float = 1e8,
     gfs_every: int = 0,
     gfs_options: dict[str, Any] | None = None,
+    device: str | None = None,
 ) -> Result:
     """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
 
@@ -69,26 +72,35 @@ def simulate(
     when stderr is a terminal. ``gfs_every=N`` records the GFS sharpness φ (``rodflow.gfs``) of every method's
     point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...;
     ``gfs_options`` are passed to the GFS solver (``rodflow.gfs.GFSOptions``: tol, max_grad_evals, ...).
+    ``device`` ("cpu", "cuda", "cuda:1", "mps", "auto"; default: the problem's) is where every d-sized tensor
+    lives; records and checkpoints are written from the CPU. On CUDA the run executes with TF32 off and
+    deterministic algorithms on (``rodflow.devices.precise``).
     """
     torch_dtype = resolve_dtype(dtype)
+    torch_device = problem.device if device is None and isinstance(problem, Problem) else resolve_device(device)
     config = make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates,
                          dtype_name(torch_dtype), seed, options, checkpoint_every, checkpoint_seconds,
                          eig_tol, diverge_factor)
+    config["device"] = str(torch_device)
     config["gfs_every"] = _count("gfs_every", gfs_every, minimum=0)
     if gfs_options:
         from .gfs import gfs_options as check_gfs_options
 
         check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail here, before the run starts
         config["gfs_options"] = dict(gfs_options)
-    problem = problem.to(torch_dtype)
-    run = _Run(problem, config, Path(out) if out is not None else None)
-    return run.execute(progress)
+    problem = problem.to(torch_dtype, torch_device)
+    with precise(torch_device):
+        run = _Run(problem, config, Path(out) if out is not None else None)
+        return run.execute(progress)
 
 
-def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bool | None = None) -> Result:
+def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bool | None = None,
+           device: str | None = None) -> Result:
     """Continue the run in ``path`` from its last checkpoint; it ends exactly as an uninterrupted run.
 
-    Registered problems are rebuilt from ``config.json``; a custom problem must be passed again.
+    Registered problems are rebuilt from ``config.json``; a custom problem must be passed again. The run
+    continues on the device in ``config.json`` unless ``device`` moves it (e.g. a GPU run finished on a CPU:
+    from then on the rounding is that device's, so it is no longer bit-identical to an uninterrupted run).
     """
     path = Path(path)
     if not (path / "config.json").is_file():
@@ -101,11 +113,13 @@ def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bo
                 f"run {path} used the custom problem {spec['name']!r}: pass it again, rodflow.resume(path, problem=...)"
             )
         problem = problems.make(spec["name"], **spec["params"])
-    problem = problem.to(config["dtype"])
+    torch_device = resolve_device(device if device is not None else config.get("device", "cpu"))
+    problem = problem.to(config["dtype"], torch_device)
     if problem.d != config["problem"]["d"]:
         raise RodflowError(f"the problem has {problem.d} parameters but the run has {config['problem']['d']}")
-    run = _Run(problem, config, path, resuming=True)
-    return run.execute(progress)
+    with precise(torch_device):
+        run = _Run(problem, config, path, resuming=True)
+        return run.execute(progress)
 
 
 def make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates, dtype, seed, options,
@@ -193,6 +207,7 @@ class _Run:
         }
         self.gfs: dict[str, Any] = {}
         self.status = {m: "ok" for m in self.methods}
+        self._warned: set[str] = set()
         self.active = {m: True for m in self.methods}
         self.scale: dict[str, tuple[float, float]] = {}
         self.arrays: dict[str, dict[str, np.ndarray]] = {m: {} for m in self.methods}
@@ -287,10 +302,15 @@ class _Run:
         if every and t % every == 0 and not diverged:
             s0 = time.perf_counter()
             res = self.trackers[m](p)
-            eigs[: res.values.numel()] = res.values.cpu().numpy()
-            row["sharpness"] = float(eigs[0])
             row["sharpness_hvps"] = res.hvps
             row["eig_converged"] = float(res.converged)
+            row["eig_residual"] = float(res.residuals.max() / res.values.abs().max().clamp_min(1e-300))
+            if res.converged:
+                eigs[: res.values.numel()] = res.values.double().cpu().numpy()
+                row["sharpness"] = float(eigs[0])
+            else:  # an unconverged Rayleigh quotient is not a measurement: NaN, with the reason
+                row["sharpness_reason"] = res.reason
+                self._warn_unconverged(m, t, res.reason)
             row["sharpness_wall_s"] = time.perf_counter() - s0
         if k > 1:
             for i in range(k):
@@ -316,6 +336,13 @@ class _Run:
             self.active[m] = False
             self.status[m] = diverged
         return row
+
+    def _warn_unconverged(self, m: str, t: int, reason: str) -> None:
+        if m not in self._warned:
+            self._warned.add(m)
+            warnings.warn(f"{m}: the sharpness at step {t} did not converge ({reason}); recorded as NaN "
+                          "(column sharpness_reason; count in the summary's sharpness_nan)", RodflowWarning,
+                          stacklevel=2)
 
     def _diverged(self, m: str, t: int, loss: float, p: torch.Tensor) -> str | None:
         norm = float(p.norm())
@@ -443,7 +470,7 @@ class _Run:
         for m in self.methods:
             if self.active[m]:
                 self.procs[m].load_state_dict(states.get((m, "proc"), {}))
-            self.trackers[m].load_state_dict(states.get((m, "eig"), {}))
+            self.trackers[m].load_state_dict(states.get((m, "eig"), {}), device=self.problem.device)
             if (m, "gfs") in states:  # the GFS solver's warm starts: φ after resume is bitwise the same
                 self._gfs_solver(m).load_state_dict(states[(m, "gfs")])
         rows = [r for r in read_jsonl(self.out / "metrics.jsonl").to_dict("records") if r["step"] <= t]

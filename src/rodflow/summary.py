@@ -52,6 +52,8 @@ def summarize(result) -> pd.DataFrame:
         for col in ("grad_evals", "hvps", "d3", "sharpness_hvps"):
             if col in df:
                 row[col] = int(df[col].fillna(0).sum())
+        if "eig_converged" in df:  # sharpness evaluations that did not converge (recorded as NaN)
+            row["sharpness_nan"] = int((df["eig_converged"] == 0).sum())
         if "gfs_sharpness" in df and df["gfs_sharpness"].notna().any():
             from .gfs import monotonicity
 
@@ -86,5 +88,5 @@ def _last(series) -> float:
 def format_table(frame: pd.DataFrame) -> str:
     cols = [c for c in ("method", "status", "final_loss", "final_sharpness", "compared_to", "dist_mean",
                         "dist_max", "ends_dist_mean", "ends_dist_max", "loss_pred_err", "grad_evals_per_step", "hvps",
-                        "wall_s", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
+                        "wall_s", "sharpness_nan", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
     return frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")

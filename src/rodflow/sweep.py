@@ -29,7 +29,7 @@ from .errors import RodflowError
 from .records import write_json, write_parquet
 
 SIMULATE_KEYS = ("lr", "steps", "methods", "sharpness_every", "neigs", "record_iterates", "dtype", "seed",
-                 "checkpoint_every", "checkpoint_seconds", "eig_tol", "diverge_factor")
+                 "checkpoint_every", "checkpoint_seconds", "eig_tol", "diverge_factor", "device")
 """simulate keywords a sweep may set (``options`` is set per method as ``options.METHOD.KEY``)."""
 TOP_KEYS = ("problem", *SIMULATE_KEYS)
 ENGINES = ("local", "ray", "slurm")
@@ -234,7 +234,7 @@ def execute(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
             result, action = rodflow.resume(path, progress=False), "resumed"
         else:
             problem = rodflow.problems.make(spec["problem"], dtype=spec.get("dtype", "float64"),
-                                            **run.problem_params())
+                                            device=spec.get("device"), **run.problem_params())
             result = rodflow.simulate(problem, out=path, progress=False, **run.simulate_kwargs())
         summary = result.summary()
         row: dict[str, Any] = {"status": run_status(result.status)}

@@ -169,8 +169,8 @@ class DormandPrince:
     def state_dict(self) -> dict:
         state = {
             "t": self.t,
-            "y": self.y.numpy().copy(),
-            "fy": self.fy.numpy().copy(),
+            "y": self.y.detach().cpu().numpy().copy(),
+            "fy": self.fy.detach().cpu().numpy().copy(),
             "h": self.h,
             "err_old": self.err_old,
             "nfev": self.nfev,
@@ -179,18 +179,19 @@ class DormandPrince:
         }
         if self._dense is not None:
             state["dense_t"], state["dense_h"] = self._dense[0], self._dense[1]
-            state["dense_coef"] = torch.stack(self._dense[2]).numpy().copy()
+            state["dense_coef"] = torch.stack(self._dense[2]).detach().cpu().numpy().copy()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        like = self.y  # the state comes back in the dtype and on the device the integrator was built with
         self.t = float(state["t"])
-        self.y = torch.as_tensor(np.asarray(state["y"]))
-        self.fy = torch.as_tensor(np.asarray(state["fy"]))
+        self.y = torch.as_tensor(np.asarray(state["y"])).to(like)
+        self.fy = torch.as_tensor(np.asarray(state["fy"])).to(like)
         self.h = float(state["h"])
         self.err_old = float(state["err_old"])
         self.nfev, self.naccept, self.nreject = (int(state[k]) for k in ("nfev", "naccept", "nreject"))
         if "dense_coef" in state:
-            coef = list(torch.as_tensor(np.asarray(state["dense_coef"])).unbind(0))
+            coef = list(torch.as_tensor(np.asarray(state["dense_coef"])).to(like).unbind(0))
             self._dense = (float(state["dense_t"]), float(state["dense_h"]), coef)
         else:
             self._dense = None

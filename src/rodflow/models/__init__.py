@@ -85,7 +85,7 @@ class Attention(nn.Module):
         q, k, v = self.qkv(x).reshape(B, T, 3, h, D // h).permute(2, 0, 3, 1, 4)
         scores = q @ k.transpose(-1, -2) / math.sqrt(D // h)
         if self.causal:
-            mask = torch.ones(T, T, dtype=torch.bool).tril()
+            mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
             scores = torch.where(mask, scores, torch.full_like(scores, -1e4))
         out = softmax(scores) @ v  # (B, h, T, D/h)
         return self.proj(out.transpose(1, 2).reshape(B, T, D))
@@ -252,7 +252,7 @@ class CausalTransformer(nn.Module):
         self.head = nn.Linear(width, outputs)
 
     def forward(self, x: Tensor) -> Tensor:
-        onehot = (x[..., None] == torch.arange(self.vocab)).to(self.tok.dtype)
+        onehot = (x[..., None] == torch.arange(self.vocab, device=x.device)).to(self.tok.dtype)
         h = onehot @ self.tok + self.pos
         for block in self.blocks:
             h = block(h)

@@ -1,7 +1,8 @@
 """The problem registry: ``make(name, **params)`` builds a registered :class:`rodflow.Problem`.
 
 A new problem is one new module here with a ``@register("name")`` factory, plus its import line below.
-A factory takes keyword parameters with defaults (every problem runs with none given) and ``dtype``.
+A factory takes keyword parameters with defaults (every problem runs with none given), ``dtype`` and
+``device`` (tensors it creates go there; the problem's functions run there).
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import RodflowError
+from ..devices import resolve_device
 from ..problem import Problem, resolve_dtype
 from ..registry import Registry, check_params, parameters
 
@@ -23,7 +25,7 @@ def names() -> list[str]:
 
 def params(name: str) -> dict[str, Any]:
     """Parameters of a registered problem and their defaults."""
-    return parameters(REGISTRY.get(name), skip=("dtype",))
+    return parameters(REGISTRY.get(name), skip=("dtype", "device"))
 
 
 def describe(name: str) -> str:
@@ -32,13 +34,15 @@ def describe(name: str) -> str:
     return doc.splitlines()[0] if doc else ""
 
 
-def make(name: str, dtype: str = "float64", **kwargs: Any) -> Problem:
-    """Build the registered problem ``name`` with parameter overrides ``kwargs``."""
+def make(name: str, dtype: str = "float64", device: str | None = None, **kwargs: Any) -> Problem:
+    """Build the registered problem ``name`` with parameter overrides ``kwargs``, in ``dtype`` on ``device``
+    ("cpu" by default; "cuda", "cuda:1", "mps", "auto")."""
     factory = REGISTRY.get(name)
-    check_params("problem", name, factory, kwargs, skip=("dtype",))
+    check_params("problem", name, factory, kwargs, skip=("dtype", "device"))
     torch_dtype = resolve_dtype(dtype)
+    torch_device = resolve_device(device)
     try:
-        problem = factory(dtype=torch_dtype, **kwargs)
+        problem = factory(dtype=torch_dtype, device=torch_device, **kwargs)
     except RodflowError:
         raise
     except (TypeError, ValueError) as exc:
@@ -46,7 +50,7 @@ def make(name: str, dtype: str = "float64", **kwargs: Any) -> Problem:
     problem.name = name
     given = dict(kwargs)
     problem.params = {**{k: v for k, v in params(name).items()}, **given}
-    problem._rebuild = lambda dt: make(name, dtype=dt, **given)
+    problem._rebuild = lambda dt, dev: make(name, dtype=dt, device=dev, **given)
     return problem
 
 

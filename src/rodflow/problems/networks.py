@@ -46,7 +46,7 @@ COMBOS = [
 ]
 
 
-def build(arch: str, dataset: str, dtype: torch.dtype = torch.float64, **kw: Any) -> Problem:
+def build(arch: str, dataset: str, dtype: torch.dtype = torch.float64, device=None, **kw: Any) -> Problem:
     """The problem ``<arch>-<dataset>`` (parameters as in the module docstring)."""
     loss = data.check_loss(kw.pop("loss"))
     n, classes, seed, data_seed = kw.pop("n"), kw.pop("classes"), kw.pop("seed"), kw.pop("data_seed")
@@ -74,7 +74,7 @@ def build(arch: str, dataset: str, dtype: torch.dtype = torch.float64, **kw: Any
 
     return Problem.from_data(example_loss, [x, targets], model.initial(dtype), chunk_size=int(chunk_size),
                              extras={"dataset": repr(ds), "architecture": arch}, hvp_method=HVP_BY_ARCH[arch],
-                             example_residual=example_residual if residual_fn is not None else None)
+                             example_residual=example_residual if residual_fn is not None else None, device=device)
 
 
 def _factory(arch: str, dataset: str):
@@ -83,16 +83,17 @@ def _factory(arch: str, dataset: str):
     defaults = dict(n=n, classes=classes, width=width, depth=depth, activation=act, loss="mse", seed=0,
                     data_seed=0, chunk_size=256, **data_opts, **arch_opts)
 
-    def factory(dtype=torch.float64, **kw):
+    def factory(dtype=torch.float64, device=None, **kw):
         unknown = set(kw) - set(defaults)
         if unknown:  # make() checks this already; direct calls get the same one-line error
             raise RodflowError(f"{arch}-{dataset} has no parameter {sorted(unknown)[0]!r}")
-        return build(arch, dataset, dtype=dtype, **{**defaults, **kw})
+        return build(arch, dataset, dtype=dtype, device=device, **{**defaults, **kw})
 
     kind = data.REGISTRY.get(dataset).__doc__.strip().splitlines()[0]
     factory.__doc__ = f"{_DESC[arch]} on: {kind}"
     params = [inspect.Parameter(k, inspect.Parameter.KEYWORD_ONLY, default=v) for k, v in defaults.items()]
     params.append(inspect.Parameter("dtype", inspect.Parameter.KEYWORD_ONLY, default=torch.float64))
+    params.append(inspect.Parameter("device", inspect.Parameter.KEYWORD_ONLY, default=None))
     factory.__signature__ = inspect.Signature(params)
     factory.__name__ = f"{arch}_{dataset}"
     return factory

@@ -37,13 +37,13 @@ def mlp_forward(w: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return (h @ W3.T + b3)[:, 0]
 
 
-def mlp_problem(x, y, w0, dtype=torch.float64, name: str = "reference-mlp") -> Problem:
+def mlp_problem(x, y, w0, dtype=torch.float64, name: str = "reference-mlp", device=None) -> Problem:
     """L(w) = (1/n) Σ ½ (f(x_i) − y_i)² for given data and start (e.g. the arrays of the reference file)."""
-    x = torch.as_tensor(np.asarray(x), dtype=dtype)
-    y = torch.as_tensor(np.asarray(y), dtype=dtype)
+    x = torch.as_tensor(np.asarray(x), dtype=dtype, device=device)
+    y = torch.as_tensor(np.asarray(y), dtype=dtype, device=device)
     if x.dim() != 2 or x.shape[1] != 8 or y.shape != (x.shape[0],):
         raise RodflowError("reference-mlp needs x of shape (n, 8) and y of shape (n,)")
-    w0 = torch.as_tensor(np.asarray(w0), dtype=dtype)
+    w0 = torch.as_tensor(np.asarray(w0), dtype=dtype, device=device)
     if w0.shape != (433,):
         raise RodflowError(f"reference-mlp has 433 parameters, w0 has shape {tuple(w0.shape)}")
 
@@ -55,9 +55,9 @@ def mlp_problem(x, y, w0, dtype=torch.float64, name: str = "reference-mlp") -> P
 
 
 @register("reference-mlp")
-def reference_mlp(n: int = 128, seed_data: int = 0, seed_init: int = 1, dtype=torch.float64):
+def reference_mlp(n: int = 128, seed_data: int = 0, seed_init: int = 1, dtype=torch.float64, device=None):
     """Swish MLP 8-16-16-1 (433 parameters), ½·MSE on Gaussian data: the central-flow reference (EoS at lr 0.2)."""
     if int(n) < 1:
         raise RodflowError(f"reference-mlp needs n >= 1, got {n}")
     x, y, w0 = reference_data(int(n), int(seed_data), int(seed_init))
-    return mlp_problem(x, y, w0, dtype=dtype)
+    return mlp_problem(x, y, w0, dtype=dtype, device=device)

@@ -91,5 +91,5 @@ def as_numpy(x: Tensor) -> np.ndarray:
     return x.detach().cpu().numpy().copy()
 
 
-def as_tensor(x, dtype: torch.dtype) -> Tensor:
-    return torch.as_tensor(np.asarray(x)).to(dtype)
+def as_tensor(x, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
+    return torch.as_tensor(np.asarray(x)).to(device=device, dtype=dtype)

@@ -153,12 +153,12 @@ class CentralFlow(Process):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         dtype = self.problem.dtype
         self.t = int(state["t"])
-        self.w = as_tensor(state["w"], dtype)
+        self.w = as_tensor(state["w"], dtype, self.problem.device)
         self.k_track = int(state["k_track"])
         self.gen = torch.Generator()
         self.gen.set_state(torch.as_tensor(np.asarray(state["gen"], dtype=np.uint8)))
-        self.basis = as_tensor(state["basis"], dtype) if "basis" in state else None
-        self.V_prev = as_tensor(state["V_prev"], dtype) if "V_prev" in state else None
+        self.basis = as_tensor(state["basis"], dtype, self.problem.device) if "basis" in state else None
+        self.V_prev = as_tensor(state["V_prev"], dtype, self.problem.device) if "V_prev" in state else None
         self.X_prev = np.asarray(state["X_prev"], dtype=float) if "X_prev" in state else None
         self.top_eff = float(state["top_eff"]) if "top_eff" in state else None
         self._prepare()
@@ -204,12 +204,12 @@ class CentralFlow(Process):
                     X, G, res = self._sdcp(w, g, eig.vectors[:, :k], e[:k], dt)
                     residual = max(residual, res)
                     if X is not None:
-                        coef = torch.as_tensor(X, dtype=w.dtype)
+                        coef = torch.as_tensor(X, dtype=w.dtype, device=w.device)
                         direction = g + 0.5 * torch.einsum("kl,kld->d", coef, G)
                 self.X_prev = X
                 if X is not None:
                     vals, Q = np.linalg.eigh(X)
-                    F = torch.as_tensor(Q * np.sqrt(np.maximum(vals, 0.0)), dtype=w.dtype)
+                    F = torch.as_tensor(Q * np.sqrt(np.maximum(vals, 0.0)), dtype=w.dtype, device=w.device)
                     factors.append(math.sqrt(self.lr) * eig.vectors[:, :k] @ F)
                     traces.append(self.lr * float(np.trace(X)))
                 else:
@@ -241,7 +241,7 @@ class CentralFlow(Process):
         matmat = self.problem.hvp_operator(w)  # one gradient graph for every HVP at w
         while True:
             eig = top_eigs(matmat, d, self.k_track, X0=self.basis,
-                           tol=tol, dtype=w.dtype, generator=self.gen)
+                           tol=tol, dtype=w.dtype, generator=self.gen, device=w.device)
             self.basis = eig.basis
             last_critical = self.lr * float(eig.values[-1]) > 2.0 * self.threshold
             if not last_critical or self.k_track >= d:
@@ -254,7 +254,7 @@ class CentralFlow(Process):
         V = eig.vectors
         if self.V_prev is not None:  # fix the sign of each eigenvector against the previous substep's
             m = min(V.shape[1], self.V_prev.shape[1])
-            signs = torch.ones(V.shape[1], dtype=V.dtype)
+            signs = torch.ones(V.shape[1], dtype=V.dtype, device=V.device)
             signs[:m] = torch.where((V[:, :m] * self.V_prev[:, :m]).sum(0) < 0, -1.0, 1.0).to(V.dtype)
             V = V * signs
             eig.vectors = V
@@ -266,7 +266,7 @@ class CentralFlow(Process):
         """X of one substep (None if inactive), the third-derivative vectors g_ij (k, k, d), the residual."""
         k = V.shape[1]
         U = math.sqrt(self.lr) * V
-        G = torch.empty((k, k, w.numel()), dtype=w.dtype)
+        G = torch.empty((k, k, w.numel()), dtype=w.dtype, device=w.device)
         for i in range(k):
             for j in range(i, k):
                 G[i, j] = self.problem.third(w, U[:, i], U[:, j])

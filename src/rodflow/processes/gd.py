@@ -60,6 +60,6 @@ class GD(Process):
     def load_state_dict(self, state):
         dtype = self.problem.dtype
         self.t = int(state["t"])
-        self.w = as_tensor(state["w"], dtype)
-        self.opt_state = {k: as_tensor(v, dtype) for k, v in unnest("opt", state).items()}
+        self.w = as_tensor(state["w"], dtype, self.problem.device)
+        self.opt_state = {k: as_tensor(v, dtype, self.problem.device) for k, v in unnest("opt", state).items()}
         self._prepare()

@@ -94,6 +94,6 @@ class GradientFlow(Process):
 
     def load_state_dict(self, state):
         self.t = int(state["t"])
-        self.w = as_tensor(state["w"], self.problem.dtype)
+        self.w = as_tensor(state["w"], self.problem.dtype, self.problem.device)
         self.ode = self._ode(self.w)  # then every field of the integrator is replaced:
         self.ode.load_state_dict(unnest("ode", state))

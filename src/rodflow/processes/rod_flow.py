@@ -212,6 +212,6 @@ class RodFlow(Process):
 
     def load_state_dict(self, state):
         self.t = int(state["t"])
-        self.y = as_tensor(state["y"], self.problem.dtype)
+        self.y = as_tensor(state["y"], self.problem.dtype, self.problem.device)
         self.ode = self._integrator(self.y)  # then every field of the integrator is replaced:
         self.ode.load_state_dict(unnest("ode", state))
