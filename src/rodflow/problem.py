@@ -157,7 +157,7 @@ class Problem:
         it gives the problem its Gauss-Newton structure (:meth:`jacobian_operator`). ``dtype``/``device``
         (default: ``w0``'s) place ``w0`` and the floating-point data; integer data (labels) keep their dtype.
         """
-        data = [torch.as_tensor(a) for a in data]
+        data = [a if isinstance(a, torch.Tensor) else torch.from_numpy(np.array(a)) for a in data]
         if not data:
             raise RodflowError("from_data needs at least one data array")
         n = data[0].shape[0]

@@ -36,7 +36,7 @@ class PowerRadius:
             v = fy.clone()
             if not (bool(torch.isfinite(v).all()) and float(v.norm()) > 0):
                 gen = torch.Generator(device="cpu").manual_seed(self.seed)
-                v = torch.randn(y.shape, generator=gen, dtype=y.dtype).to(y.device)
+                v = torch.randn(y.shape, generator=gen, dtype=y.dtype, device="cpu").to(y.device)
         # a difference step of √ε relative to y: large enough to be resolved, small enough to be linear
         eps = math.sqrt(float(torch.finfo(y.dtype).eps)) * max(float(y.norm()), 1.0)
         estimate, previous = math.nan, math.nan

@@ -160,7 +160,7 @@ def _dense(apply, d, k, m, work, device, out, tol) -> EigResult:
 
 def _start_block(X0, d, m, work, device, generator) -> Tensor:
     def noise(n: int) -> Tensor:
-        return torch.randn(d, n, dtype=torch.float64, generator=generator).to(device=device, dtype=work)
+        return torch.randn(d, n, dtype=torch.float64, generator=generator, device="cpu").to(device=device, dtype=work)
 
     cols = []
     if X0 is not None:

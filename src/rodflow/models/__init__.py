@@ -302,7 +302,8 @@ def build(arch: str, input_shape, outputs: int, width: int, depth: int, act: str
             raise RodflowError(f"{key} must be an integer >= {lo}, got {value!r}")
     width, depth = int(width), int(depth)
     activation(act)
-    with torch.random.fork_rng(devices=[]):
+    # built on the CPU from the CPU generator, so w0 is the same whatever device the problem then moves to
+    with torch.random.fork_rng(devices=[]), torch.device("cpu"):
         torch.manual_seed(seed)
         default = torch.get_default_dtype()
         torch.set_default_dtype(torch.float64)
