@@ -168,9 +168,9 @@ class GFSSolver:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         if "generator" in state:
-            self.generator.set_state(torch.as_tensor(np.asarray(state["generator"]), dtype=torch.uint8))
+            self.generator.set_state(torch.from_numpy(np.array(state["generator"], dtype=np.uint8)))
         for key in ("basis", "radius_basis"):
-            setattr(self, key, torch.as_tensor(np.asarray(state[key])).to(self.problem.device) if key in state else None)
+            setattr(self, key, torch.from_numpy(np.array(state[key])).to(self.problem.device) if key in state else None)
 
     def __call__(self, w) -> GFSResult:
         w = _as_point(self.problem, w)

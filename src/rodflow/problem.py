@@ -476,7 +476,7 @@ def _as_tensor(w0) -> Tensor:
         t = w0.detach().clone()
     else:
         try:
-            t = torch.as_tensor(np.asarray(w0, dtype=float))
+            t = torch.from_numpy(np.array(w0, dtype=float))
         except (TypeError, ValueError):
             raise RodflowError(f"w0 must be a flat vector of numbers, got {type(w0).__name__}") from None
     if not t.is_floating_point():

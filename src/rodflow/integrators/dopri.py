@@ -185,13 +185,13 @@ class DormandPrince:
     def load_state_dict(self, state: dict) -> None:
         like = self.y  # the state comes back in the dtype and on the device the integrator was built with
         self.t = float(state["t"])
-        self.y = torch.as_tensor(np.asarray(state["y"])).to(like)
-        self.fy = torch.as_tensor(np.asarray(state["fy"])).to(like)
+        self.y = torch.from_numpy(np.array(state["y"])).to(like)
+        self.fy = torch.from_numpy(np.array(state["fy"])).to(like)
         self.h = float(state["h"])
         self.err_old = float(state["err_old"])
         self.nfev, self.naccept, self.nreject = (int(state[k]) for k in ("nfev", "naccept", "nreject"))
         if "dense_coef" in state:
-            coef = list(torch.as_tensor(np.asarray(state["dense_coef"])).to(like).unbind(0))
+            coef = list(torch.from_numpy(np.array(state["dense_coef"])).to(like).unbind(0))
             self._dense = (float(state["dense_t"]), float(state["dense_h"]), coef)
         else:
             self._dense = None

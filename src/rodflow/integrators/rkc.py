@@ -162,7 +162,7 @@ def _np(x: Tensor) -> np.ndarray:
 
 
 def _tensor(x, like: Tensor) -> Tensor:
-    return torch.as_tensor(np.asarray(x)).to(like)
+    return torch.from_numpy(np.array(x)).to(like)
 
 
 def _rkc_step(f, y0: Tensor, f0: Tensor, h: float, s: int) -> Tensor:

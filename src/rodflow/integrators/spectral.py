@@ -62,4 +62,4 @@ class PowerRadius:
         return {} if self.v is None else {"v": self.v.detach().cpu().numpy().copy()}
 
     def load_state_dict(self, state: dict, like: Tensor) -> None:
-        self.v = torch.as_tensor(np.asarray(state["v"])).to(like) if "v" in state else None
+        self.v = torch.from_numpy(np.array(state["v"])).to(like) if "v" in state else None

@@ -92,4 +92,4 @@ def as_numpy(x: Tensor) -> np.ndarray:
 
 
 def as_tensor(x, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
-    return torch.as_tensor(np.asarray(x)).to(device=device, dtype=dtype)
+    return torch.from_numpy(np.array(x)).to(device=device, dtype=dtype)

@@ -156,7 +156,7 @@ class CentralFlow(Process):
         self.w = as_tensor(state["w"], dtype, self.problem.device)
         self.k_track = int(state["k_track"])
         self.gen = torch.Generator()
-        self.gen.set_state(torch.as_tensor(np.asarray(state["gen"], dtype=np.uint8)))
+        self.gen.set_state(torch.from_numpy(np.array(state["gen"], dtype=np.uint8)))
         self.basis = as_tensor(state["basis"], dtype, self.problem.device) if "basis" in state else None
         self.V_prev = as_tensor(state["V_prev"], dtype, self.problem.device) if "V_prev" in state else None
         self.X_prev = np.asarray(state["X_prev"], dtype=float) if "X_prev" in state else None
