@@ -106,23 +106,46 @@ class Problem:
         self.residuals = list(residuals) if residuals is not None else None
         if self.residuals is not None and len(self.residuals) != len(self.chunks):
             raise RodflowError("residuals must give one residual function per loss chunk")
+        # set by the user-facing constructors: how to explain a failed derivative check, and which checks ran
+        self.derivative_check: dict[str, Any] | None = None
         self._check_loss()
         self._check_residuals()
 
     # ----------------------------------------------------------------------------------------------- build
     @classmethod
-    def from_loss(cls, loss_fn: LossFn, w0, name: str = "custom", dtype=None, device=None, **kwargs) -> "Problem":
+    def from_loss(cls, loss_fn: LossFn, w0, name: str = "custom", dtype=None, device=None, check: bool = True,
+                  **kwargs) -> "Problem":
         """A problem from ``loss_fn(w: Tensor) -> scalar Tensor`` and an initial flat vector ``w0``.
 
         ``dtype``/``device`` convert ``w0`` (default: keep its own); ``loss_fn`` must accept a ``w`` of that
-        dtype on that device (tensors it closes over must live there too)."""
+        dtype on that device (tensors it closes over must live there too). ``check`` compares the HVP with
+        finite differences of the gradient at ``w0`` (``rodflow.checks``; the third derivative too when a run
+        uses central flow) and fails with one line on a mismatch."""
         if not callable(loss_fn):
             raise RodflowError("loss_fn must be callable: loss_fn(w: torch.Tensor) -> scalar tensor")
-        return cls([loss_fn], _placed(_as_tensor(w0), dtype, device), name=name, **kwargs)
+        problem = cls([loss_fn], _placed(_as_tensor(w0), dtype, device), name=name, **kwargs)
+        return problem._checked(check)
+
+    def _checked(self, check: bool, explain: Callable[[str], str] | None = None) -> "Problem":
+        from . import checks
+
+        if checks.wanted(check):
+            checks.check_derivatives(self, explain=explain)
+            self.derivative_check = {"explain": explain, "third": False}
+        return self
+
+    def check_third_derivative(self) -> None:
+        """The third-derivative check of a user problem (once; central flow calls it before a run)."""
+        from . import checks
+
+        info = self.derivative_check
+        if info is not None and not info["third"]:
+            checks.check_derivatives(self, third=True, explain=info["explain"])
+            info["third"] = True
 
     @classmethod
     def from_residual(cls, residual_fn: ResidualFn, w0, name: str = "custom", dtype=None, device=None,
-                      **kwargs) -> "Problem":
+                      check: bool = True, **kwargs) -> "Problem":
         """The least-squares problem ``L(w) = ½‖r(w)‖²`` from ``residual_fn(w) -> tensor`` (any shape)."""
         if not callable(residual_fn):
             raise RodflowError("residual_fn must be callable: residual_fn(w: torch.Tensor) -> tensor of residuals")
@@ -134,7 +157,8 @@ class Problem:
             r = residual(w)
             return 0.5 * (r * r).sum()
 
-        return cls([loss], _placed(_as_tensor(w0), dtype, device), name=name, residuals=[residual], **kwargs)
+        problem = cls([loss], _placed(_as_tensor(w0), dtype, device), name=name, residuals=[residual], **kwargs)
+        return problem._checked(check)
 
     @classmethod
     def from_data(
@@ -147,6 +171,8 @@ class Problem:
         example_residual: Callable[..., Tensor] | None = None,
         dtype=None,
         device=None,
+        check: bool = True,
+        explain: Callable[[str], str] | None = None,
         **kwargs,
     ) -> "Problem":
         """Mean of per-example losses over a dataset, evaluated ``chunk_size`` examples at a time.
@@ -156,6 +182,7 @@ class Problem:
         returns one residual row per example with ``example_loss = ½‖row‖²`` (a least-squares loss, e.g. MSE);
         it gives the problem its Gauss-Newton structure (:meth:`jacobian_operator`). ``dtype``/``device``
         (default: ``w0``'s) place ``w0`` and the floating-point data; integer data (labels) keep their dtype.
+        ``check`` runs the derivative checks of :meth:`from_loss`.
         """
         data = [a if isinstance(a, torch.Tensor) else torch.from_numpy(np.array(a)) for a in data]
         if not data:
@@ -183,6 +210,7 @@ class Problem:
             return residual
 
         bounds = [(lo, min(lo + chunk_size, n)) for lo in range(0, n, chunk_size)]
+        _check_per_example(example_loss, w0, [a[: bounds[0][1]] for a in data])
         chunks = [make_chunk(lo, hi) for lo, hi in bounds]
         if example_residual is not None:
             kwargs["residuals"] = [make_residual(lo, hi) for lo, hi in bounds]
@@ -190,10 +218,10 @@ class Problem:
         def rebuild(dtype: torch.dtype, device: torch.device) -> "Problem":
             kw = {k: v for k, v in kwargs.items() if k != "residuals"}
             return cls.from_data(example_loss, data, w0, chunk_size=chunk_size, name=name,
-                                 example_residual=example_residual, dtype=dtype, device=device, **kw)
+                                 example_residual=example_residual, dtype=dtype, device=device, check=False, **kw)
 
         kwargs.setdefault("rebuild", rebuild)
-        return cls(chunks, w0, name=name, **kwargs)
+        return cls(chunks, w0, name=name, **kwargs)._checked(check, explain)
 
     def to(self, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None) -> "Problem":
         """The same problem in another floating-point precision and/or on another device (default: unchanged).
@@ -205,10 +233,12 @@ class Problem:
         if dtype == self.dtype and device == self.device:
             return self
         if self._rebuild is not None:
-            return self._rebuild(dtype, device)
+            moved = self._rebuild(dtype, device)
+            moved.derivative_check = self.derivative_check
+            return moved
         where = dtype_name(dtype) if device == self.device else f"{dtype_name(dtype)} on {device}"
         try:
-            return Problem(
+            moved = Problem(
                 self.chunks,
                 self.w0.to(device=device, dtype=dtype),
                 name=self.name,
@@ -218,6 +248,8 @@ class Problem:
                 extras=self.extras,
                 residuals=self.residuals,
             )
+            moved.derivative_check = self.derivative_check
+            return moved
         except (RuntimeError, RodflowError) as exc:
             raise RodflowError(
                 f"loss_fn of problem {self.name!r} fails in {where} ({str(exc).splitlines()[0]}); build it there "
@@ -482,6 +514,21 @@ def _as_tensor(w0) -> Tensor:
     if not t.is_floating_point():
         t = t.to(torch.float64)
     return t
+
+
+def _check_per_example(example_loss, w0: Tensor, batch: list[Tensor]) -> None:
+    """``example_loss`` must return one loss per example: a mean or sum would be divided by n again."""
+    try:
+        with torch.no_grad():
+            out = example_loss(w0, *batch)
+    except Exception as exc:  # the user's function: report it in one line
+        raise RodflowError(f"example_loss raised {type(exc).__name__}: "
+                           f"{str(exc).splitlines()[0] if str(exc) else ''}") from None
+    m = batch[0].shape[0]
+    if not isinstance(out, torch.Tensor) or tuple(out.shape) != (m,):
+        shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+        raise RodflowError(f"example_loss must return one loss per example, shape ({m},) for a batch of {m}, got "
+                           f"{shape}; do not reduce it with .mean() or .sum() (rodflow averages over the dataset)")
 
 
 def _placed(w0: Tensor, dtype, device) -> Tensor:

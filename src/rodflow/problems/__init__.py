@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import RodflowError
+from ..checks import trusted
 from ..devices import resolve_device
 from ..problem import Problem, resolve_dtype
 from ..registry import Registry, check_params, parameters
@@ -42,7 +43,8 @@ def make(name: str, dtype: str = "float64", device: str | None = None, **kwargs:
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     try:
-        problem = factory(dtype=torch_dtype, device=torch_device, **kwargs)
+        with trusted():
+            problem = factory(dtype=torch_dtype, device=torch_device, **kwargs)
     except RodflowError:
         raise
     except (TypeError, ValueError) as exc:
