@@ -195,3 +195,43 @@ def test_from_residual_and_residual_contract():
     with pytest.raises(RodflowError, match="one residual function per loss chunk"):
         Problem.from_loss(lambda w: (w**2).sum(), [1.0, 2.0], residuals=[lambda w: w, lambda w: w])
     assert not problems.make("mlp-digits", n=6, classes=2, width=2, depth=1, loss="ce").has_residual
+
+
+class _Cube(torch.autograd.Function):
+    """w ↦ 0.2 w⁴ with a backward that autograd cannot differentiate again."""
+
+    @staticmethod
+    def forward(ctx, w):
+        ctx.save_for_backward(w)
+        return 0.2 * w**4
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad):
+        (w,) = ctx.saved_tensors
+        return grad * 0.8 * w**3
+
+
+def test_derivative_check_catches_a_once_differentiable_function():
+    def loss(w):
+        return (0.4 * w**2).sum() + _Cube.apply(w).sum()
+
+    with pytest.raises(rodflow.RodflowError, match="Hessian-vector products disagree with finite differences") as info:
+        rodflow.Problem.from_loss(loss, [1.0, -0.5, 2.0])
+    assert "\n" not in str(info.value) and "check=False" in str(info.value)
+    p = rodflow.Problem.from_loss(loss, [1.0, -0.5, 2.0], check=False)  # the escape hatch
+    assert p.d == 3
+
+
+def test_derivative_check_passes_correct_losses_and_runs_the_third_check_for_central_flow():
+    p = rodflow.Problem.from_loss(lambda w: (torch.relu(w) ** 3).sum() + (w**2).sum(), [0.3, -0.2, 1.0])
+    assert p.derivative_check == {"explain": None, "third": False}
+    rodflow.simulate(p, lr=0.1, steps=2, methods=["gd", "central_flow"], progress=False)
+    assert p.derivative_check["third"] is True
+
+
+def test_from_data_rejects_a_reduced_per_example_loss():
+    x, y = torch.randn(10, 3, dtype=torch.float64), torch.randn(10, dtype=torch.float64)
+    with pytest.raises(rodflow.RodflowError, match=r"one loss per example, shape \(4,\).*got \(\)"):
+        rodflow.Problem.from_data(lambda w, xb, yb: ((xb @ w - yb) ** 2).mean(), [x, y], torch.zeros(3),
+                                  chunk_size=4)

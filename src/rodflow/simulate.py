@@ -88,6 +88,8 @@ def simulate(
 
         check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail here, before the run starts
         config["gfs_options"] = dict(gfs_options)
+    if "central_flow" in config["methods"]:
+        problem.check_third_derivative()  # user problems: central flow needs correct third derivatives
     problem = problem.to(torch_dtype, torch_device)
     with precise(torch_device):
         run = _Run(problem, config, Path(out) if out is not None else None)
