@@ -58,10 +58,6 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return torch.device(spec)
 
 
-def device_name(device: torch.device) -> str:
-    return str(device)
-
-
 @contextlib.contextmanager
 def precise(device: torch.device | str | None) -> Iterator[None]:
     """TF32 off and deterministic algorithms on (CUDA) for the duration; the caller's settings come back after."""
