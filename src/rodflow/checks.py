@@ -12,9 +12,9 @@ built by ``Problem.from_loss``/``from_data``/``from_module`` is checked when it 
 
 Both run in float64 when the problem can be rebuilt in float64 (finite differences in float32 are too coarse to
 tell a small defect from truncation error); the step is h = ε^(1/3)·max(1, rms w) and the tolerance 1e-4
-relative in float64 (5e-2 in float32, for losses that exist only in float32). A random direction can cross a kink of a piecewise-smooth
-loss (ReLU, max-pooling) where finite differences are meaningless, so a mismatch must repeat on a second
-random direction before it is reported.
+relative in float64 (5e-2 in float32, for losses that exist only in float32). A random direction can cross a
+kink of a piecewise-smooth loss (ReLU, max-pooling) where finite differences are meaningless, so a mismatch
+must repeat on a second random direction before it is reported.
 """
 
 from __future__ import annotations

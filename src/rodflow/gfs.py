@@ -301,12 +301,13 @@ def _scalar_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult |
     y = float(spec["y"])
     if y == 0:
         return None
-    point, phi, reason = scalar_network_gfs(w.double().cpu().numpy(), y)
+    point, phi, reason = scalar_network_gfs(_np64(w), y)
     if reason:
         return _nan(problem, w, "scalar-closed-form", reason)
     D = point.size
     err = 16 * D * EPS * phi  # a root of a monotone 1-D function to a few ulp; φ is a sum of D positive terms
-    return _finish(problem, torch.as_tensor(point, dtype=problem.dtype, device=problem.device), phi, "scalar-closed-form", err)
+    pt = torch.as_tensor(point, dtype=problem.dtype, device=problem.device)
+    return _finish(problem, pt, phi, "scalar-closed-form", err)
 
 
 # ------------------------------------------------------------------------------------ convex-dual solvers
@@ -409,7 +410,7 @@ def _dual_error(X, y, beta, phi, n, factor) -> float:
 
 def _squared_regression_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
     spec = problem.extras["squared_regression"]
-    point, phi, err, reason = squared_regression_gfs(spec["X"], spec["y"], w.double().cpu().numpy())
+    point, phi, err, reason = squared_regression_gfs(spec["X"], spec["y"], _np64(w))
     pt = torch.as_tensor(point, dtype=problem.dtype, device=problem.device)
     if reason:
         return _nan(problem, pt, "squared-regression-dual", reason)
@@ -419,7 +420,7 @@ def _squared_regression_exact(problem: Problem, w: Tensor, solver: GFSSolver) ->
 def _diagonal_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
     spec = problem.extras["diagonal_network"]
     p = w.numel() // 2
-    wn = w.double().cpu().numpy()
+    wn = _np64(w)
     pu, pv, phi, err, reason = diagonal_network_gfs(spec["X"], spec["y"], wn[:p], wn[p:])
     pt = torch.as_tensor(np.concatenate([pu, pv]), dtype=problem.dtype, device=problem.device)
     if reason:
@@ -431,7 +432,8 @@ def _diagonal_exact(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult
 def _top(problem: Problem, w: Tensor, solver: GFSSolver, sign: float = 1.0, basis=None):
     res = top_eigs(
         (lambda V: problem.hvp_block(w, V)) if sign > 0 else (lambda V: -problem.hvp_block(w, V)),
-        problem.d, 1, X0=basis, tol=solver.options.eig_tol, dtype=w.dtype, generator=solver.generator, device=w.device,
+        problem.d, 1, X0=basis, tol=solver.options.eig_tol, dtype=w.dtype, generator=solver.generator,
+        device=w.device,
     )
     return float(res.values[0]), res
 

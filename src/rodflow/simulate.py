@@ -306,7 +306,7 @@ class _Run:
             res = self.trackers[m](p)
             row["sharpness_hvps"] = res.hvps
             row["eig_converged"] = float(res.converged)
-            row["eig_residual"] = float(res.residuals.max() / res.values.abs().max().clamp_min(1e-300))
+            row["eig_residual"] = float(res.residuals.max()) / max(float(res.values.abs().max()), 1e-300)
             if res.converged:
                 eigs[: res.values.numel()] = res.values.double().cpu().numpy()
                 row["sharpness"] = float(eigs[0])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Callable
 
+import numpy as np
 import torch
 
 Tensor = torch.Tensor
@@ -24,3 +25,13 @@ def rms_norm(rtol: float, atol: float) -> Norm:
         return float(torch.sqrt(torch.mean((x / scale) ** 2)))
 
     return norm
+
+
+def snapshot(x: Tensor) -> np.ndarray:
+    """A tensor as a NumPy copy on the CPU, for a checkpoint (``restore`` reads it back)."""
+    return x.detach().cpu().numpy().copy()
+
+
+def restore(x, like: Tensor) -> Tensor:
+    """A checkpointed (NumPy) array back as a tensor in ``like``'s dtype and on its device."""
+    return torch.from_numpy(np.array(x)).to(like)

@@ -15,10 +15,9 @@ Hairer, Nørsett & Wanner (Solving ODEs I, §II.6).
 from __future__ import annotations
 
 import math
-import numpy as np
 import torch
 
-from .base import IntegrationError, Norm, Tensor, VectorField, rms_norm
+from .base import IntegrationError, Norm, Tensor, VectorField, restore, rms_norm, snapshot
 
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
 _A = (
@@ -169,8 +168,8 @@ class DormandPrince:
     def state_dict(self) -> dict:
         state = {
             "t": self.t,
-            "y": self.y.detach().cpu().numpy().copy(),
-            "fy": self.fy.detach().cpu().numpy().copy(),
+            "y": snapshot(self.y),
+            "fy": snapshot(self.fy),
             "h": self.h,
             "err_old": self.err_old,
             "nfev": self.nfev,
@@ -179,19 +178,19 @@ class DormandPrince:
         }
         if self._dense is not None:
             state["dense_t"], state["dense_h"] = self._dense[0], self._dense[1]
-            state["dense_coef"] = torch.stack(self._dense[2]).detach().cpu().numpy().copy()
+            state["dense_coef"] = snapshot(torch.stack(self._dense[2]))
         return state
 
     def load_state_dict(self, state: dict) -> None:
         like = self.y  # the state comes back in the dtype and on the device the integrator was built with
         self.t = float(state["t"])
-        self.y = torch.from_numpy(np.array(state["y"])).to(like)
-        self.fy = torch.from_numpy(np.array(state["fy"])).to(like)
+        self.y = restore(state["y"], like)
+        self.fy = restore(state["fy"], like)
         self.h = float(state["h"])
         self.err_old = float(state["err_old"])
         self.nfev, self.naccept, self.nreject = (int(state[k]) for k in ("nfev", "naccept", "nreject"))
         if "dense_coef" in state:
-            coef = list(torch.from_numpy(np.array(state["dense_coef"])).to(like).unbind(0))
+            coef = list(restore(state["dense_coef"], like).unbind(0))
             self._dense = (float(state["dense_t"]), float(state["dense_h"]), coef)
         else:
             self._dense = None

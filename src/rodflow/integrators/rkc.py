@@ -19,10 +19,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
-from .base import IntegrationError, Norm, Tensor, rms_norm
+from .base import IntegrationError, Norm, Tensor, restore, rms_norm, snapshot
 from .dense import hermite
 from .spectral import PowerRadius
 
@@ -128,14 +127,14 @@ class ChebyshevRK:
 
     # --------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
-        state = {"t": self.t, "y": _np(self.y), "fy": _np(self.fy), "h": self.h, "rho": self.rho,
+        state = {"t": self.t, "y": snapshot(self.y), "fy": snapshot(self.fy), "h": self.h, "rho": self.rho,
                  "radius_at": self._radius_at, "stages": self.stages, "nfev": self.nfev, "naccept": self.naccept,
                  "nreject": self.nreject,
                  "err_old": math.nan if self.err_old is None else self.err_old,
                  "h_old": math.nan if self.h_old is None else self.h_old}
         if self._dense is not None:
-            state.update(dense_t=self._dense[0], dense_h=self._dense[1], dense_y=_np(self._dense[2]),
-                         dense_f=_np(self._dense[3]))
+            state.update(dense_t=self._dense[0], dense_h=self._dense[1], dense_y=snapshot(self._dense[2]),
+                         dense_f=snapshot(self._dense[3]))
         if self.power is not None:
             state.update({f"power.{k}": v for k, v in self.power.state_dict().items()})
         return state
@@ -143,7 +142,7 @@ class ChebyshevRK:
     def load_state_dict(self, state: dict) -> None:
         like = self.y
         self.t = float(state["t"])
-        self.y, self.fy = _tensor(state["y"], like), _tensor(state["fy"], like)
+        self.y, self.fy = restore(state["y"], like), restore(state["fy"], like)
         self.h, self.rho = float(state["h"]), float(state["rho"])
         self._radius_at, self.stages = int(state["radius_at"]), int(state["stages"])
         self.nfev, self.naccept, self.nreject = (int(state[k]) for k in ("nfev", "naccept", "nreject"))
@@ -151,18 +150,10 @@ class ChebyshevRK:
         self.h_old = None if math.isnan(float(state["h_old"])) else float(state["h_old"])
         self._dense = None
         if "dense_y" in state:
-            self._dense = (float(state["dense_t"]), float(state["dense_h"]), _tensor(state["dense_y"], like),
-                           _tensor(state["dense_f"], like))
+            self._dense = (float(state["dense_t"]), float(state["dense_h"]), restore(state["dense_y"], like),
+                           restore(state["dense_f"], like))
         if self.power is not None:
             self.power.load_state_dict({k[6:]: v for k, v in state.items() if k.startswith("power.")}, like)
-
-
-def _np(x: Tensor) -> np.ndarray:
-    return x.detach().cpu().numpy().copy()
-
-
-def _tensor(x, like: Tensor) -> Tensor:
-    return torch.from_numpy(np.array(x)).to(like)
 
 
 def _rkc_step(f, y0: Tensor, f0: Tensor, h: float, s: int) -> Tensor:

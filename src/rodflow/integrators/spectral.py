@@ -13,10 +13,9 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 
-from .base import Tensor
+from .base import Tensor, restore, snapshot
 
 
 class PowerRadius:
@@ -59,7 +58,7 @@ class PowerRadius:
         return estimate
 
     def state_dict(self) -> dict:
-        return {} if self.v is None else {"v": self.v.detach().cpu().numpy().copy()}
+        return {} if self.v is None else {"v": snapshot(self.v)}
 
     def load_state_dict(self, state: dict, like: Tensor) -> None:
-        self.v = torch.from_numpy(np.array(state["v"])).to(like) if "v" in state else None
+        self.v = restore(state["v"], like) if "v" in state else None
