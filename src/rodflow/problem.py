@@ -223,6 +223,28 @@ class Problem:
         kwargs.setdefault("rebuild", rebuild)
         return cls(chunks, w0, name=name, **kwargs)._checked(check, explain)
 
+    @classmethod
+    def from_module(cls, module, data, loss="mse", chunk_size: int = 1024, name: str | None = None, dtype=None,
+                    device=None, check: bool = True, plain: bool = False, **kwargs) -> "Problem":
+        """The full-batch loss of any ``torch.nn.Module`` on a dataset.
+
+        ``w`` is the module's trainable parameters flattened in ``named_parameters()`` order; ``w0`` their
+        current value (the module itself is copied, never changed; buffers and frozen parameters are kept).
+        ``data`` is ``(inputs, targets)`` (or ``(input1, ..., targets)``, or a ``TensorDataset``) with one row
+        per example. ``loss``: ``"mse"`` (per example ``½‖f(x) − y‖²``; integer labels become one-hot targets;
+        it gives the problem its Gauss-Newton residual), ``"ce"`` (cross-entropy on integer labels), or a
+        callable ``loss(outputs, targets)`` returning one loss per example; sequence outputs ``(n, T, k)`` are
+        averaged over positions. ``dtype`` defaults to the module's own; ``device`` to the CPU. BatchNorm and
+        dropout must be in eval mode. Derivatives are checked as in :meth:`from_loss`; a mismatch names the
+        module's fragile layers and their plain-op replacements in ``rodflow.models``; ``plain=True`` swaps every
+        ``nn.LayerNorm`` for ``rodflow.models.LayerNorm`` (same values; PyTorch's has a wrong third derivative,
+        which central flow uses). See ``rodflow.modules``.
+        """
+        from .modules import from_module
+
+        return from_module(module, data, loss=loss, chunk_size=chunk_size, name=name, dtype=dtype, device=device,
+                           check=check, plain=plain, **kwargs)
+
     def to(self, dtype: str | torch.dtype | None = None, device: str | torch.device | None = None) -> "Problem":
         """The same problem in another floating-point precision and/or on another device (default: unchanged).
 
