@@ -10,6 +10,7 @@ the problem lives, which is what a GPU run needs.
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -116,3 +117,23 @@ def test_cli_device_flag(tmp_path):
         nocuda = cli(*base, "--device", "cuda", "--out", str(tmp_path / "c"))
         assert nocuda.returncode != 0 and "not available on this machine" in nocuda.stderr
         assert "Traceback" not in nocuda.stderr
+
+
+def test_gpu_check_says_no_cuda_and_compares_on_the_cpu(tmp_path):
+    script = [sys.executable, str(Path(__file__).resolve().parents[1] / "benchmarks" / "gpu_check.py")]
+    if not CUDA:
+        done = subprocess.run(script, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0 and "no CUDA device on this machine" in done.stdout, done.stdout + done.stderr
+    out = tmp_path / "gpu.json"
+    done = subprocess.run(script + ["--device", "cpu", "--steps", "6", "--out", str(out)], capture_output=True,
+                          text=True, timeout=300)
+    assert done.returncode == 0, done.stderr
+    rows = json.loads(out.read_text())["rows"]
+    assert {(r["dtype"], r["method"]) for r in rows} >= {(d, m) for d in ("float32", "float64")
+                                                        for m in ("gd", "central_flow", "rod_flow")}
+    for r in rows:
+        assert r["status"] == "ok" and r["grad_evals_per_step"] >= 1
+        if r["dtype"] == "float64":  # the same device and dtype as the reference: identical
+            assert r["iterate_rel_max"] == 0.0 and r["loss_pred_abs_max"] == 0.0
+        else:  # float32: differences at float32's precision, not zero
+            assert 0.0 < r["iterate_rel_max"] < 1e-3
