@@ -153,14 +153,22 @@ def b2_rod_vs_gd(steps: int) -> dict:
 
 
 # --------------------------------------------------------------------------------------------------- B7
-def _teacher(width: int, n: int):
+def _teacher(width: int, n: int, data: str = "teacher"):
+    """B7's problems: a 2 x width tanh MLP on Gaussian teacher data (10 inputs) or on n image-shaped examples
+    (Fashion-MNIST 28 x 28 when the dataset is installed, else Gaussian 784-dimensional inputs of a teacher)."""
+    if data == "images":
+        try:
+            return problems.make("mlp-fashion", n=n, classes=10, width=width, depth=2, activation="tanh", loss="mse")
+        except RodflowError:
+            return problems.make("mlp-teacher", n=n, width=width, depth=2, activation="tanh", loss="mse", dim=784,
+                                 classes=10)
     return problems.make("mlp-teacher", n=n, width=width, depth=2, activation="tanh", loss="mse")
 
 
-def b7_child(method: str, width: int, n: int, lr: float, steps: int) -> dict:
+def b7_child(method: str, width: int, n: int, lr: float, steps: int, data: str = "teacher") -> dict:
     """(in a subprocess) per-step wall time and peak RSS of one process on one size."""
     torch.set_num_threads(1)
-    p = _teacher(width, n)
+    p = _teacher(width, n, data)
     rss0 = peak_rss_mb()
     if method == "idle":
         return dict(d=p.d, rss_mb=rss0)
@@ -190,60 +198,87 @@ def _child(args: list[str]) -> dict:
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def b7_scaling(quick: bool) -> dict:
-    sizes = [(22, 1000), (90, 1000), (300, 1000), (90, 250), (90, 4000)]
-    steps = {"gd": 20, "rod_flow": 10, "central_flow": 4} if quick else {"gd": 50, "rod_flow": 20, "central_flow": 10}
+B7_SIZES = [(22, 1000, "teacher"), (90, 1000, "teacher"), (300, 1000, "teacher"), (90, 250, "teacher"),
+            (90, 4000, "teacher")]
+# d ≈ 1e6 and n up to 5000 image-shaped examples (issue 13): a few steps each, the first (cold-start) included
+B7_LARGE_SIZES = [(994, 1000, "teacher"), (600, 1000, "images"), (600, 5000, "images")]
+
+
+def b7_scaling(quick: bool, sizes=None, steps=None) -> dict:
+    sizes = B7_SIZES if sizes is None else sizes
+    if steps is None:
+        steps = {"gd": 20, "rod_flow": 10, "central_flow": 4} if quick else {"gd": 50, "rod_flow": 20,
+                                                                             "central_flow": 10}
     rows = []
-    for width, n in sizes:
+    for width, n, data in sizes:
         torch.set_num_threads(1)
-        p = _teacher(width, n)
-        s0 = float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-4).values[0])
-        lr = 1.0 / s0  # η S0 = 1: below the edge, the flows' everyday regime
-        row = dict(width=width, n=n, d=p.d, lr=lr)
+        p = _teacher(width, n, data)
+        # η S0 = 1: below the edge, the flows' everyday regime (S0 to 1e-3: η needs no more)
+        s0 = float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-3).values[0])
+        lr = 1.0 / s0
+        row = dict(width=width, n=n, d=p.d, lr=lr, data=data, problem=p.name, dtype="float64")
         del p
-        row["idle_rss_mb"] = _child(["idle", str(width), str(n), "0", "0"]).get("rss_mb")
+        row["idle_rss_mb"] = _child(["idle", str(width), str(n), "0", "0", data]).get("rss_mb")
         for m, k in steps.items():
-            r = _child([m, str(width), str(n), repr(lr), str(k)])
+            r = _child([m, str(width), str(n), repr(lr), str(k), data])
             for key in ("s_per_step", "grad_evals_per_step", "hvps_per_step", "rss_mb", "error"):
                 if key in r:
                     row[f"{m}_{key}"] = r[key]
         rows.append(row)
         print("  B7", {k: (round(v, 4) if isinstance(v, float) else v) for k, v in row.items()}, flush=True)
-    _plot_b7(rows)
     return dict(rows=rows, steps=steps)
 
 
-def _plot_b7(rows: list[dict]) -> None:
+def b7_large() -> dict:
+    """B7 at d ≈ 1e6 and n = 5000 (≈ 25 min on one core; `bench_table.py --rerun B7_large`, or `run.py --full`)."""
+    return b7_scaling(True, sizes=B7_LARGE_SIZES, steps={"gd": 5, "rod_flow": 3, "central_flow": 2})
+
+
+def _plot_b7(out: dict) -> None:
+    """docs/figures/bench_scaling.png from the rows of B7 and B7_large (whichever were measured)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import matplotlib.ticker  # noqa: F401
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8))
-    for ax, key, sel, xlabel in ((axes[0], "d", lambda r: r["n"] == 1000, "parameters d (n = 1000)"),
-                                 (axes[1], "n", lambda r: r["width"] == 90, "examples n (d ≈ 1e4)")):
-        rs = sorted((r for r in rows if sel(r)), key=lambda r: r[key])
-        x = [r[key] for r in rs]
-        for m in ("gd", "rod_flow", "central_flow"):
-            ax.loglog(x, [r.get(f"{m}_s_per_step", np.nan) for r in rs], "o-", label=m)
-        ax.set_xlabel(xlabel)
+    rows = [r for key in ("B7", "B7_large") for r in (_get(out, key, "rows") or [])]
+    if not rows:
+        return
+    def image(r: dict) -> bool:
+        return r.get("data") == "images"
+
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4.0))
+    colors = {"gd": "C0", "rod_flow": "C1", "central_flow": "C2"}
+    rs = sorted((r for r in rows if r["n"] == 1000 and not image(r)), key=lambda r: r["d"])
+    for m in colors:
+        axes[0].loglog([r["d"] for r in rs], [r.get(f"{m}_s_per_step", np.nan) for r in rs], "o-", color=colors[m],
+                       label=m)
+    axes[0].set_xlabel("parameters d (teacher data, n = 1000)")
+    for group, style, sel in (("teacher, d ≈ 9e3", "o-", lambda r: r["width"] == 90 and not image(r)),
+                              ("images, d ≈ 8e5", "s--", image)):
+        rs = sorted((r for r in rows if sel(r)), key=lambda r: r["n"])
+        for m in colors:
+            axes[1].loglog([r["n"] for r in rs], [r.get(f"{m}_s_per_step", np.nan) for r in rs], style,
+                           color=colors[m], label=f"{m} ({group})")
+    axes[1].set_xlabel("examples n")
+    for ax in axes[:2]:
         ax.set_ylabel("seconds per unit GD time")
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
         ax.grid(True, which="both", alpha=0.3)
-        ax.legend()
-    rs = sorted(rows, key=lambda r: (r["n"], r["d"]))
-    labels = [f"d={r['d']}\nn={r['n']}" for r in rs]
+        ax.legend(fontsize=7)
+    rs = sorted(rows, key=lambda r: (r["d"], r["n"]))
+    labels = [f"d={r['d']:.2g}\nn={r['n']}" for r in rs]
     x = np.arange(len(rs))
     for i, m in enumerate(("idle", "gd", "rod_flow", "central_flow")):
         key = "idle_rss_mb" if m == "idle" else f"{m}_rss_mb"
         axes[2].bar(x + 0.2 * (i - 1.5), [r.get(key, np.nan) for r in rs], 0.2, label=m)
-    axes[2].set_xticks(x, labels, fontsize=7)
+    axes[2].set_xticks(x, labels, fontsize=6)
     axes[2].set_ylabel("peak RSS (MB)")
     axes[2].legend(fontsize=7)
-    fig.suptitle("B7: cost per step and peak memory (2 x width tanh MLP, teacher data, 1 thread)")
+    fig.suptitle("B7: cost per step and peak memory (2 x width tanh MLP, float64, 1 thread)")
     fig.tight_layout()
-    out = ROOT / "docs" / "figures"
-    out.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out / "bench_scaling.png", dpi=110)
+    out_dir = ROOT / "docs" / "figures"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out_dir / "bench_scaling.png", dpi=110)
     plt.close(fig)
 
 
@@ -271,6 +306,7 @@ def run(quick: bool = True) -> dict:
         ("B1_network", lambda: b1_network(150 if quick else 300)),
         ("B2", lambda: b2_rod_vs_gd(150 if quick else 300)),
         ("B7", lambda: b7_scaling(quick)),
+        *((("B7_large", b7_large),) if not quick else ()),
         ("B2_B8", lambda: _cheap_flows(quick)),
     )
     for key, fn in parts:
@@ -284,6 +320,7 @@ def run(quick: bool = True) -> dict:
             out[key] = {"error": f"{type(exc).__name__}: {exc}"}
         out[key]["seconds"] = round(time.perf_counter() - t0, 1)
         out[key]["load_avg"] = os.getloadavg()[0]
+    _plot_b7(out)
     out["table"] = table(out)
     print_table(out["table"])
     return out
@@ -337,7 +374,7 @@ def table(out: dict) -> list[dict]:
     for arch, best in (b6.get("fastest") or {}).items():
         rows.append(dict(id="B6", what=f"{arch}: fastest HVP path {best['method']} (HVP/grad time)",
                          value=best["hvp_over_grad"], target=None))
-    for r in _get(out, "B7", "rows") or []:
+    for r in (_get(out, "B7", "rows") or []) + (_get(out, "B7_large", "rows") or []):
         rows.append(dict(id="B7", what=f"d={r['d']} n={r['n']}: rod/GD, central/GD per step; RSS MB gd/rod/cf "
                                       f"{_fmt(r.get('gd_rss_mb'))}/{_fmt(r.get('rod_flow_rss_mb'))}/{_fmt(r.get('central_flow_rss_mb'))}",
                          value=_ratio(r.get("rod_flow_s_per_step"), r.get("gd_s_per_step")),
@@ -371,13 +408,14 @@ def rerun(parts: list[str], quick: bool = True) -> None:
     res = json.loads(path.read_text())
     out = res["benchmarks"]["table"]
     fns = {"B1_B3_reference": lambda: b1_b3_reference(60 if quick else 120), "B7": lambda: b7_scaling(quick),
-           "B1_network": lambda: b1_network(150 if quick else 300), "B2": lambda: b2_rod_vs_gd(150 if quick else 300),
+           "B7_large": b7_large, "B1_network": lambda: b1_network(150 if quick else 300), "B2": lambda: b2_rod_vs_gd(150 if quick else 300),
            "B5-net": lambda: __import__("bench_gfs").run_network()}
     for key in parts:
         t0 = time.perf_counter()
         out[key] = fns[key]()
         out[key].update(seconds=round(time.perf_counter() - t0, 1), load_avg=os.getloadavg()[0],
                         remeasured=time.strftime("%Y-%m-%dT%H:%M"))
+    _plot_b7(out)
     out["table"] = table(out)
     print_table(out["table"])
     path.write_text(json.dumps(res, indent=2, default=float) + "\n")
@@ -388,7 +426,7 @@ if __name__ == "__main__":
         torch.set_num_threads(1)
         rerun(sys.argv[2].split(","))
     elif len(sys.argv) > 1 and sys.argv[1] == "--child":
-        m, width, n, lr, steps = sys.argv[2:7]
-        print(json.dumps(b7_child(m, int(width), int(n), float(lr), int(steps))))
+        m, width, n, lr, steps, data = sys.argv[2:8]
+        print(json.dumps(b7_child(m, int(width), int(n), float(lr), int(steps), data)))
     else:
         res = run(quick="--full" not in sys.argv)

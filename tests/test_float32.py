@@ -123,3 +123,20 @@ def test_rod_seed_uses_the_run_precision():
     v32 = rounding_variance(c.float(), delta.float(), step.float())
     assert v32.dtype == torch.float32
     assert abs(float(v32) / float(v64) / 2.0**58 - 1) < 10 * EPS32
+
+
+@pytest.mark.parametrize("kw", [dict(n=16, width=6, depth=2, seed=1), dict(n=12, width=5, depth=2, seed=4,
+                                                                        activation="gelu")])
+def test_gfs_sharpness_in_float32_agrees_with_float64(kw):
+    """φ in float32 is within the two solves' error estimates plus float32 eigen-tolerance of φ in float64; the
+    error estimate itself is finite. The point is the float64 w0 rounded to float32, a difference of eps32
+    relative, which moves φ by far less than the estimates."""
+    from rodflow.gfs import gfs_sharpness
+
+    p64 = rodflow.problems.make("mlp-teacher", **kw)
+    p32 = p64.to("float32")
+    r64, r32 = gfs_sharpness(p64), gfs_sharpness(p32)
+    assert np.isfinite(r64.sharpness) and np.isfinite(r32.sharpness), (r64.reason, r32.reason)
+    assert np.isfinite(r32.error) and r32.error > 0
+    bound = r64.error + r32.error + 2 * TOL32 * abs(r64.sharpness)
+    assert abs(r32.sharpness - r64.sharpness) <= bound, (r32.sharpness, r64.sharpness, bound)

@@ -202,7 +202,7 @@ def gfs_sharpness(problem: Problem, w=None, **options: Any) -> GFSResult:
 # ------------------------------------------------------------------------------------------------- helpers
 def _as_point(problem: Problem, w) -> Tensor:
     if isinstance(w, torch.Tensor):
-        t = w.detach().to(problem.dtype).reshape(-1)
+        t = w.detach().to(dtype=problem.dtype, device=problem.device).reshape(-1)
     else:
         try:
             t = torch.as_tensor(np.asarray(w, dtype=float), dtype=problem.dtype, device=problem.device).reshape(-1)
