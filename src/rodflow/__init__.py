@@ -14,6 +14,8 @@ from . import problems, processes  # noqa: E402
 from .errors import RodflowError, RodflowWarning  # noqa: E402
 from .problem import Problem  # noqa: E402
 from .records import Result, load  # noqa: E402
+from .runconfig import RunConfig  # noqa: E402
 from .simulate import resume, simulate  # noqa: E402
 
-__all__ = ["Problem", "Result", "RodflowError", "RodflowWarning", "load", "problems", "processes", "resume", "simulate"]
+__all__ = ["Problem", "Result", "RodflowError", "RodflowWarning", "RunConfig", "load", "problems", "processes", "resume",
+           "simulate"]

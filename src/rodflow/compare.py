@@ -23,7 +23,6 @@ into the run directory and returns a :class:`Comparison`.
 from __future__ import annotations
 
 import dataclasses
-import inspect
 import math
 import os
 import time
@@ -37,13 +36,13 @@ from . import problems, processes
 from .configfile import read_toml
 from .errors import RodflowError
 from .records import Result, write_json
+from .runconfig import RunConfig, check_keys
 from .simulate import simulate
 
 EOS_FRACTION = 0.995
 ORDER = ("gd", "gradient_flow", "central_flow", "rod_flow")
 _RESERVED = {"name", "problem", "params", "steps", "lr", "s0_fraction", "methods", "options", "description"}
-_SIM_KEYS = set(inspect.signature(simulate).parameters) - {"problem", "lr", "steps", "methods", "options", "out",
-                                                           "progress"}
+_SIM_KEYS = set(RunConfig.fields()) - {"lr", "steps", "methods", "options"}
 
 
 @dataclasses.dataclass
@@ -71,10 +70,7 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     if "problem" not in config:
         raise RodflowError("config needs problem = \"<name>\" (see `rodflow problems`)")
     problems.REGISTRY.get(config["problem"])
-    unknown = set(config) - _RESERVED - _SIM_KEYS
-    if unknown:
-        raise RodflowError(f"config has unknown key {sorted(unknown)[0]!r}; known keys: "
-                           f"{', '.join(sorted(_RESERVED | _SIM_KEYS))}")
+    check_keys(config, sorted(_RESERVED | _SIM_KEYS), "config")
     if ("lr" in config) == ("s0_fraction" in config):
         raise RodflowError("config needs exactly one of lr = η or s0_fraction = S0 / (2/η) (e.g. 0.4)")
     if "s0_fraction" in config:

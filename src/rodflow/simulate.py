@@ -25,45 +25,46 @@ import torch
 from . import processes, problems
 from .devices import precise, resolve_device
 from .errors import RodflowError, RodflowWarning
+from .runconfig import DEFAULT_METHODS, RunConfig
 from .linalg.eigs import SharpnessTracker
-from .problem import Problem, dtype_name, resolve_dtype
+from .problem import Problem, resolve_dtype
 from .records import (
     ITERATE,
     Result,
-    environment,
-    jsonable,
     metrics_frame,
     read_jsonl,
     write_json,
     write_parquet,
 )
 
-DEFAULT_METHODS = ("gd", "gradient_flow")
-
-
 def simulate(
     problem: Problem,
-    lr: float,
-    steps: int,
-    methods: Sequence[str] = DEFAULT_METHODS,
-    sharpness_every: int = 1,
-    neigs: int = 1,
-    record_iterates: bool | int = True,
-    dtype: str = "float64",
-    seed: int = 0,
+    lr: float | None = None,
+    steps: int | None = None,
+    methods: Sequence[str] | None = None,
+    sharpness_every: int | None = None,
+    neigs: int | None = None,
+    record_iterates: bool | int | None = None,
+    dtype: str | None = None,
+    seed: int | None = None,
     options: dict[str, dict[str, Any]] | None = None,
     out: str | os.PathLike | None = None,
     checkpoint_every: int | None = None,
-    checkpoint_seconds: float = 30.0,
+    checkpoint_seconds: float | None = None,
     progress: bool | None = None,
     eig_tol: float | None = None,
-    diverge_factor: float = 1e8,
-    gfs_every: int = 0,
+    diverge_factor: float | None = None,
+    gfs_every: int | None = None,
     gfs_options: dict[str, Any] | None = None,
     device: str | None = None,
+    config: RunConfig | None = None,
 ) -> Result:
     """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
 
+    Every setting is a field of :class:`rodflow.RunConfig` (defaults there: methods ("gd", "gradient_flow"),
+    sharpness_every 1, neigs 1, record_iterates True, dtype "float64", seed 0, checkpoint_seconds 30,
+    diverge_factor 1e8, gfs_every 0); pass them as keywords, or ``config=RunConfig(...)`` (keywords given as
+    well override its fields).
     ``sharpness_every=N`` computes the top ``neigs`` Hessian eigenvalues at every method's point every N
     steps (0: never). ``record_iterates`` is True (full iterates), False (none) or an integer k (a fixed
     Gaussian random projection to k dimensions, for large models; distances to GD are always exact).
@@ -76,23 +77,28 @@ def simulate(
     lives; records and checkpoints are written from the CPU. On CUDA the run executes with TF32 off and
     deterministic algorithms on (``rodflow.devices.precise``).
     """
-    torch_dtype = resolve_dtype(dtype)
-    torch_device = problem.device if device is None and isinstance(problem, Problem) else resolve_device(device)
-    config = make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates,
-                         dtype_name(torch_dtype), seed, options, checkpoint_every, checkpoint_seconds,
-                         eig_tol, diverge_factor)
-    config["device"] = str(torch_device)
-    config["gfs_every"] = _count("gfs_every", gfs_every, minimum=0)
-    if gfs_options:
-        from .gfs import gfs_options as check_gfs_options
-
-        check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail here, before the run starts
-        config["gfs_options"] = dict(gfs_options)
-    if "central_flow" in config["methods"]:
+    given = {k: v for k, v in dict(lr=lr, steps=steps, methods=methods, sharpness_every=sharpness_every,
+                                   neigs=neigs, record_iterates=record_iterates, dtype=dtype, seed=seed,
+                                   options=options, checkpoint_every=checkpoint_every,
+                                   checkpoint_seconds=checkpoint_seconds, eig_tol=eig_tol,
+                                   diverge_factor=diverge_factor, gfs_every=gfs_every, gfs_options=gfs_options,
+                                   device=device).items() if v is not None}
+    if config is None:
+        for required in ("lr", "steps"):
+            if required not in given:
+                raise RodflowError(f"simulate needs {required}= (or config=rodflow.RunConfig(lr=..., steps=...))")
+        config = RunConfig(**given)
+    elif not isinstance(config, RunConfig):
+        raise RodflowError(f"config must be a rodflow.RunConfig, got {type(config).__name__}")
+    else:
+        config = config.replace(**given)
+    config = config.checked(problem)
+    if "central_flow" in config.methods:
         problem.check_third_derivative()  # user problems: central flow needs correct third derivatives
-    problem = problem.to(torch_dtype, torch_device)
+    torch_device = resolve_device(config.device)
+    problem = problem.to(resolve_dtype(config.dtype), torch_device)
     with precise(torch_device):
-        run = _Run(problem, config, Path(out) if out is not None else None)
+        run = _Run(problem, config.to_json(problem), Path(out) if out is not None else None)
         return run.execute(progress)
 
 
@@ -108,6 +114,7 @@ def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bo
     if not (path / "config.json").is_file():
         raise RodflowError(f"{path} is not a rodflow run directory (no config.json); check the path")
     config = json.loads((path / "config.json").read_text())
+    RunConfig.from_json(config)  # an unknown or missing field is a one-line error, before anything runs
     if problem is None:
         spec = config["problem"]
         if not spec.get("registered"):
@@ -122,73 +129,6 @@ def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bo
     with precise(torch_device):
         run = _Run(problem, config, path, resuming=True)
         return run.execute(progress)
-
-
-def make_config(problem, lr, steps, methods, sharpness_every, neigs, record_iterates, dtype, seed, options,
-                checkpoint_every, checkpoint_seconds, eig_tol, diverge_factor) -> dict[str, Any]:
-    if not isinstance(problem, Problem):
-        raise RodflowError(
-            f"problem must be a rodflow.Problem (rodflow.problems.make or Problem.from_loss), got {type(problem).__name__}"
-        )
-    lr = _positive_float("lr", lr)
-    steps = _count("steps", steps, minimum=0)
-    if isinstance(methods, str):
-        methods = [m.strip() for m in methods.split(",") if m.strip()]
-    methods = list(methods)
-    if not methods:
-        raise RodflowError("methods is empty; choose from: " + ", ".join(processes.names()))
-    for m in methods:
-        processes.REGISTRY.get(m)
-    if len(set(methods)) != len(methods):
-        raise RodflowError(f"methods lists a method twice: {', '.join(methods)}")
-    if "gd" in methods:  # GD first: the flows are compared with it at every step
-        methods = ["gd"] + [m for m in methods if m != "gd"]
-    sharpness_every = _count("sharpness_every", sharpness_every, minimum=0)
-    neigs = _count("neigs", neigs, minimum=1)
-    if not isinstance(record_iterates, bool):
-        record_iterates = _count("record_iterates", record_iterates, minimum=1)
-    options = dict(options or {})
-    for m, opts in options.items():
-        if m not in methods:
-            raise RodflowError(f"options given for {m!r}, which is not among the methods {', '.join(methods)}")
-        processes.make(m, problem, lr, **opts)  # validates option names and values
-    if checkpoint_every is not None:
-        checkpoint_every = _count("checkpoint_every", checkpoint_every, minimum=1)
-    if eig_tol is not None:
-        eig_tol = _positive_float("eig_tol", eig_tol)
-    diverge_factor = _positive_float("diverge_factor", diverge_factor)
-    from . import problems as registry
-
-    registered = problem.name in registry.names() and problem._rebuild is not None
-    return jsonable({
-        "problem": {"name": problem.name, "params": problem.params, "d": problem.d, "registered": registered},
-        "lr": lr, "steps": steps, "methods": methods, "sharpness_every": sharpness_every, "neigs": neigs,
-        "record_iterates": record_iterates, "dtype": dtype, "seed": int(seed), "options": options,
-        "checkpoint_every": checkpoint_every, "checkpoint_seconds": float(checkpoint_seconds),
-        "eig_tol": eig_tol, "diverge_factor": diverge_factor, "environment": environment(),
-    })
-
-
-def _positive_float(name: str, value) -> float:
-    if isinstance(value, bool):
-        raise RodflowError(f"{name} must be a positive number, got {value!r}")
-    try:
-        x = float(value)
-    except (TypeError, ValueError):
-        raise RodflowError(f"{name} must be a positive number, got {value!r}") from None
-    if not math.isfinite(x) or x <= 0:
-        raise RodflowError(f"{name} must be a positive finite number, got {value!r}")
-    return x
-
-
-def _count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) and not (
-        isinstance(value, float) and value.is_integer()
-    ):
-        raise RodflowError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    if int(value) < minimum:
-        raise RodflowError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return int(value)
 
 
 class _Run:

@@ -12,6 +12,7 @@ other run is resumed from its checkpoint (or started) by ``resume=True``.
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import hashlib
 import itertools
 import json
@@ -27,10 +28,11 @@ import pandas as pd
 from .configfile import read_toml
 from .errors import RodflowError
 from .records import write_json, write_parquet
+from .runconfig import RunConfig
 
-SIMULATE_KEYS = ("lr", "steps", "methods", "sharpness_every", "neigs", "record_iterates", "dtype", "seed",
-                 "checkpoint_every", "checkpoint_seconds", "eig_tol", "diverge_factor", "device")
-"""simulate keywords a sweep may set (``options`` is set per method as ``options.METHOD.KEY``)."""
+SIMULATE_KEYS = tuple(f for f in RunConfig.fields() if f not in ("options", "gfs_options"))
+"""RunConfig fields a sweep may set (every field; ``options`` per method as ``options.METHOD.KEY`` and
+``gfs_options`` as ``gfs_options.KEY``)."""
 TOP_KEYS = ("problem", *SIMULATE_KEYS)
 ENGINES = ("local", "ray", "slurm")
 DEFAULT_CHECKPOINT_EVERY = 50
@@ -58,8 +60,13 @@ class Run:
                 out.setdefault(method, {})[key] = v
         return out
 
+    def gfs_options(self) -> dict[str, Any]:
+        return {k.split(".", 1)[1]: v for k, v in self.spec.items() if k.startswith("gfs_options.")}
+
     def simulate_kwargs(self) -> dict[str, Any]:
         kw = {k: self.spec[k] for k in SIMULATE_KEYS if k in self.spec}
+        if self.gfs_options():
+            kw["gfs_options"] = self.gfs_options()
         kw.setdefault("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
         opts = self.options()
         if opts:
@@ -136,10 +143,13 @@ def expand(config: dict[str, Any]) -> Sweep:
 
 
 def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """Dotted keys: nested ``params``/``options`` tables become ``params.k`` / ``options.method.k``."""
+    """Dotted keys: nested ``params``/``options``/``gfs_options`` tables become ``params.k`` /
+    ``options.method.k`` / ``gfs_options.k``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
-        if key in ("params", "options") and isinstance(value, dict):
+        if key == "gfs_options" and isinstance(value, dict):
+            out.update({f"gfs_options.{k2}": v2 for k2, v2 in value.items()})
+        elif key in ("params", "options") and isinstance(value, dict):
             for k2, v2 in value.items():
                 if key == "options":
                     if not isinstance(v2, dict):
@@ -155,20 +165,26 @@ def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _resolve_key(key: str, spec: dict[str, Any]) -> str:
     """A bare problem parameter name (``zeta``) means ``params.zeta``; anything else must be known."""
-    if key in TOP_KEYS or key.startswith("params.") or key.startswith("options."):
+    if key in TOP_KEYS or key.startswith(("params.", "options.", "gfs_options.")):
         if key.startswith("options.") and key.count(".") < 2:
             raise RodflowError(f"{key!r}: options are set per method, as options.METHOD.KEY")
         return key
     if key == "options":
         raise RodflowError("options are set per method: options.METHOD.KEY (e.g. options.gradient_flow.rtol)")
+    if key == "gfs_options":
+        raise RodflowError("GFS options are set one by one: gfs_options.KEY (e.g. gfs_options.tol)")
     from . import problems
 
     name = spec.get("problem")
     if isinstance(name, str) and name in problems.REGISTRY and key in problems.params(name):
         return f"params.{key}"
+    candidates = list(TOP_KEYS) + (list(problems.params(name)) if isinstance(name, str) and name in problems.REGISTRY
+                                   else [])
+    close = difflib.get_close_matches(key, candidates, n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise RodflowError(
         f"sweep key {key!r} is neither a simulate keyword ({', '.join(TOP_KEYS)}) nor a parameter of problem "
-        f"{name!r}; use params.NAME for problem parameters and options.METHOD.KEY for method options"
+        f"{name!r}{hint}; use params.NAME for problem parameters and options.METHOD.KEY for method options"
     )
 
 
