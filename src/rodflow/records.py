@@ -6,7 +6,8 @@ A run directory holds:
     metrics.parquet      one row per (method, step); written when the run ends
     metrics.jsonl        the same rows, appended and flushed as each step completes (a killed run keeps them)
     arrays/<method>/<key>.npy   per-step arrays, row t = step t (``iterate``, ``midpoint``, ``eigs``, ...)
-    status.json          per-method status (``ok``, ``diverged at step N (...)``, ``failed at step N: ...``)
+    status.json          per-method status: ``status`` as text (``ok``, ``diverged at step N (...)``,
+                         ``failed at step N: ...``) and ``methods`` as fields (``kind``, ``step``, ``reason``)
     checkpoint.npz       process states at the last checkpoint, for ``--resume``
     plots/               figures
 """
@@ -24,6 +25,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import RodflowError
+from .status import Status, read_statuses, statuses_record
 
 ITERATE = "iterate"
 
@@ -41,7 +43,7 @@ class Result:
     iterates: dict[str, np.ndarray]
     aux: dict[str, dict[str, np.ndarray]]
     config: dict[str, Any]
-    status: dict[str, str]
+    status: dict[str, Status]
     path: Path | None = None
 
     @property
@@ -81,7 +83,7 @@ class Result:
                 tmp = target.with_suffix(".tmp.npy")
                 np.save(tmp, np.asarray(arr))
                 os.replace(tmp, target)
-        write_json(path / "status.json", {"complete": True, "status": self.status})
+        write_json(path / "status.json", {"complete": True, **statuses_record(self.status)})
         self.path = path
         return path
 
@@ -98,7 +100,7 @@ def load(path: str | os.PathLike) -> Result:
         metrics = read_jsonl(path / "metrics.jsonl")
     status = {}
     if (path / "status.json").is_file():
-        status = json.loads((path / "status.json").read_text())["status"]
+        status = read_statuses(json.loads((path / "status.json").read_text()))
     iterates, aux = {}, {}
     for method in config["methods"]:
         folder = path / "arrays" / method

@@ -26,6 +26,7 @@ from . import processes, problems
 from .devices import precise, resolve_device
 from .errors import RodflowError, RodflowWarning
 from .runconfig import DEFAULT_METHODS, RunConfig
+from .status import Status, read_statuses, statuses_record
 from .linalg.eigs import SharpnessTracker
 from .problem import Problem, resolve_dtype
 from .records import (
@@ -148,7 +149,7 @@ class _Run:
             for i, m in enumerate(self.methods)
         }
         self.gfs: dict[str, Any] = {}
-        self.status = {m: "ok" for m in self.methods}
+        self.status = {m: Status() for m in self.methods}
         self._warned: set[str] = set()
         self.active = {m: True for m in self.methods}
         self.scale: dict[str, tuple[float, float]] = {}
@@ -207,9 +208,9 @@ class _Run:
         try:
             with self.problem.counting() as spent:
                 fn()
-        except (RuntimeError, ValueError, ArithmeticError, torch.linalg.LinAlgError) as exc:
+        except MEASUREMENT_ERRORS as exc:
             self.active[m] = False
-            self.status[m] = f"failed at step {t}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self.status[m] = Status("failed", t, _reason(exc))
             return
         self._cost[m] = (spent, time.perf_counter() - start)
 
@@ -243,23 +244,38 @@ class _Run:
         row["sharpness"] = math.nan
         if every and t % every == 0 and not diverged:
             s0 = time.perf_counter()
-            res = self.trackers[m](p)
-            row["sharpness_hvps"] = res.hvps
-            row["eig_converged"] = float(res.converged)
-            row["eig_residual"] = float(res.residuals.max()) / max(float(res.values.abs().max()), 1e-300)
-            if res.converged:
-                eigs[: res.values.numel()] = res.values.double().cpu().numpy()
-                row["sharpness"] = float(eigs[0])
-            else:  # an unconverged Rayleigh quotient is not a measurement: NaN, with the reason
-                row["sharpness_reason"] = res.reason
-                self._warn_unconverged(m, t, res.reason)
+            try:
+                res = self.trackers[m](p)
+            except MEASUREMENT_ERRORS as exc:  # a failing measurement fails alone: NaN with the reason
+                res = None
+                row["eig_converged"] = 0.0
+                row["sharpness_reason"] = _reason(exc)
+                self._warn_unconverged(m, t, row["sharpness_reason"], "failed")
+            if res is not None:
+                row["sharpness_hvps"] = res.hvps
+                row["eig_converged"] = float(res.converged)
+                row["eig_residual"] = float(res.residuals.max()) / max(float(res.values.abs().max()), 1e-300)
+                if res.converged:
+                    eigs[: res.values.numel()] = res.values.double().cpu().numpy()
+                    row["sharpness"] = float(eigs[0])
+                else:  # an unconverged Rayleigh quotient is not a measurement: NaN, with the reason
+                    row["sharpness_reason"] = res.reason
+                    self._warn_unconverged(m, t, res.reason)
             row["sharpness_wall_s"] = time.perf_counter() - s0
         if k > 1:
             for i in range(k):
                 row[f"eig_{i + 1}"] = float(eigs[i])
         gfs_every = self.config.get("gfs_every", 0)
         if gfs_every and t % gfs_every == 0 and not diverged:
-            row.update(self._gfs_solver(m)(p).as_row())
+            g0 = time.perf_counter()
+            try:
+                phi = self._gfs_solver(m)(p)
+                row.update(phi.as_row())
+                if phi.reason:
+                    row["gfs_reason"] = phi.reason
+            except MEASUREMENT_ERRORS as exc:  # fails alone, like the sharpness
+                row.update(gfs_sharpness=math.nan, gfs_converged=0.0, gfs_reason=_reason(exc),
+                           gfs_wall_s=time.perf_counter() - g0)
         row["grad_evals"] = spent.grad_evals
         row["hvps"] = spent.hvps
         row["d3"] = spent.d3
@@ -279,25 +295,25 @@ class _Run:
             self.status[m] = diverged
         return row
 
-    def _warn_unconverged(self, m: str, t: int, reason: str) -> None:
+    def _warn_unconverged(self, m: str, t: int, reason: str, what: str = "did not converge") -> None:
         if m not in self._warned:
             self._warned.add(m)
-            warnings.warn(f"{m}: the sharpness at step {t} did not converge ({reason}); recorded as NaN "
+            warnings.warn(f"{m}: the sharpness at step {t} {what} ({reason}); recorded as NaN "
                           "(column sharpness_reason; count in the summary's sharpness_nan)", RodflowWarning,
                           stacklevel=2)
 
-    def _diverged(self, m: str, t: int, loss: float, p: torch.Tensor) -> str | None:
+    def _diverged(self, m: str, t: int, loss: float, p: torch.Tensor) -> Status | None:
         norm = float(p.norm())
         if t == 0 or m not in self.scale:
             self.scale[m] = (max(1.0, abs(loss)) if math.isfinite(loss) else 1.0, max(1.0, norm))
         loss_scale, w_scale = self.scale[m]
         factor = self.config["diverge_factor"]
         if not math.isfinite(loss) or not math.isfinite(norm):
-            return f"diverged at step {t} (non-finite {'loss' if not math.isfinite(loss) else 'parameters'})"
+            return Status("diverged", t, f"non-finite {'loss' if not math.isfinite(loss) else 'parameters'}")
         if abs(loss) > factor * loss_scale:
-            return f"diverged at step {t} (|loss| {abs(loss):.3g} > {factor:g} x initial)"
+            return Status("diverged", t, f"|loss| {abs(loss):.3g} > {factor:g} x initial")
         if norm > factor * w_scale:
-            return f"diverged at step {t} (‖w‖ {norm:.3g} > {factor:g} x initial)"
+            return Status("diverged", t, f"‖w‖ {norm:.3g} > {factor:g} x initial")
         return None
 
     # ------------------------------------------------------------------------------------------ storage
@@ -364,7 +380,8 @@ class _Run:
         self.jsonl.flush()
         os.fsync(self.jsonl.fileno())
         blobs: dict[str, np.ndarray] = {}
-        meta: dict[str, Any] = {"step": t, "status": self.status, "active": self.active,
+        meta: dict[str, Any] = {"step": t, "status": {m: s.to_dict() for m, s in self.status.items()},
+                                "active": self.active,
                                 "scale": self.scale, "scalars": {}}
         for m in self.methods:
             for prefix, state in (("proc", self.procs[m].state_dict() if self.active[m] else {}),
@@ -383,7 +400,8 @@ class _Run:
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, self.out / "checkpoint.npz")
-        write_json(self.out / "status.json", {"complete": False, "last_checkpoint": t, "status": self.status})
+        write_json(self.out / "status.json", {"complete": False, "last_checkpoint": t,
+                                              **statuses_record(self.status)})
         self.last_checkpoint = time.monotonic()
 
     def _load_checkpoint(self) -> None:
@@ -395,7 +413,7 @@ class _Run:
             for m in self.methods:
                 for p in (self.out / "arrays" / m).glob("*.npy"):
                     self.arrays[m][p.stem] = np.load(p, mmap_mode="r+")
-            self.status = json.loads(status_path.read_text())["status"]
+            self.status = read_statuses(json.loads(status_path.read_text()))
             return
         if not path.is_file():
             return  # killed before the first checkpoint: start over
@@ -403,7 +421,8 @@ class _Run:
             blobs = {k: data[k] for k in data.files}
         meta = json.loads(str(blobs.pop("__meta__")))
         t = int(meta["step"])
-        self.status, self.active = meta["status"], meta["active"]
+        self.status = {m: Status.from_record(s) for m, s in meta["status"].items()}
+        self.active = meta["active"]
         self.scale = {m: tuple(v) for m, v in meta["scale"].items()}
         states: dict[tuple[str, str], dict[str, Any]] = {}
         for name, value in list(blobs.items()) + list(meta["scalars"].items()):
@@ -442,8 +461,17 @@ class _Run:
                     if isinstance(arr, np.memmap):
                         arr.flush()
             write_parquet(self.out / "metrics.parquet", metrics)
-            write_json(self.out / "status.json", {"complete": True, "status": self.status})
+            write_json(self.out / "status.json", {"complete": True, **statuses_record(self.status)})
         return result
+
+
+# what a process step or a measurement may raise without ending the run (the others are bugs: they propagate)
+MEASUREMENT_ERRORS = (RuntimeError, ValueError, ArithmeticError, torch.linalg.LinAlgError, NotImplementedError)
+
+
+def _reason(exc: BaseException) -> str:
+    text = str(exc).strip()
+    return f"{type(exc).__name__}: {text.splitlines()[0]}" if text else type(exc).__name__
 
 
 def _clean(row: dict[str, Any]) -> dict[str, Any]:

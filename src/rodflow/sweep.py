@@ -29,6 +29,7 @@ from .configfile import read_toml
 from .errors import RodflowError
 from .records import write_json, write_parquet
 from .runconfig import RunConfig
+from .status import Status
 
 SIMULATE_KEYS = tuple(f for f in RunConfig.fields() if f not in ("options", "gfs_options"))
 """RunConfig fields a sweep may set (every field; ``options`` per method as ``options.METHOD.KEY`` and
@@ -268,15 +269,13 @@ def execute(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
     return row
 
 
-_STEP = re.compile(r"at step (\d+)")
-
-
 def run_status(status: dict[str, str]) -> str:
     """A run's one-word status from its per-method statuses: done, diverged at step N, or failed: reason."""
-    failed = [(m, s) for m, s in status.items() if s.startswith("failed")]
+    parsed = {m: Status.from_record(s) for m, s in status.items()}
+    failed = [(m, s) for m, s in parsed.items() if s.kind == "failed"]
     if failed:
         return "failed: " + "; ".join(f"{m} {s}" for m, s in failed)
-    steps = [int(_STEP.search(s).group(1)) for s in status.values() if s.startswith("diverged") and _STEP.search(s)]
+    steps = [s.step for s in parsed.values() if s.kind == "diverged" and s.step is not None]
     if steps:
         return f"diverged at step {min(steps)}"
     return "done"
