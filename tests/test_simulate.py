@@ -288,3 +288,25 @@ def test_rerun_into_existing_directory_replaces_it(tmp_path):
     assert back.iterates["gd"].shape == (11, 3) and back.methods == ["gd"]
     np.testing.assert_array_equal(back.iterates["gd"], short.iterates["gd"])
     assert not (tmp_path / "run" / "arrays" / "gradient_flow").exists()
+
+
+def test_cli_run_refuses_to_replace_an_existing_run(tmp_path, capsys, monkeypatch):
+    from rodflow.cli import main
+
+    def cli(argv):
+        with pytest.raises(SystemExit) as info:
+            main(argv)
+        return info.value.code, capsys.readouterr().err
+
+    monkeypatch.chdir(tmp_path)
+    args = ["run", "--problem", "quadratic", "--steps", "3", "--no-progress", "--no-plots", "--out", "r"]
+    assert cli(args)[0] == 0
+    before = (tmp_path / "r" / "metrics.parquet").read_bytes()
+    code, err = cli(args)
+    assert code == 2 and "r already holds a run; pass --overwrite to replace it, --resume r to continue it" in err
+    assert (tmp_path / "r" / "metrics.parquet").read_bytes() == before  # nothing was deleted
+    assert cli(args + ["--overwrite", "--steps", "4"])[0] == 0
+    assert len(rodflow.load(tmp_path / "r").method("gd")) == 5
+    (tmp_path / "f").write_text("x")
+    code, err = cli(args[:-1] + ["f"])
+    assert code == 2 and "is a file, not a directory" in err

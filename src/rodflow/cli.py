@@ -101,11 +101,14 @@ def run(
     plots: bool = typer.Option(True, help="write plots/ when the run ends"),
     gfs_every: int = typer.Option(0, help="GFS sharpness φ of every method's point every N steps (0: never)"),
     gfs_opt: Optional[List[str]] = typer.Option(None, "--gfs-opt", help="GFS solver option key=value, e.g. tol=1e-3"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory at --out"),
 ):
     """Run GD and its models on a problem; write a run directory, plots and a summary table."""
     set_threads(threads)
     import rodflow
 
+    if resume is None and problem is not None:
+        _check_out(out or Path("runs") / problem, overwrite)
     if resume is not None:
         result = rodflow.resume(resume, progress=progress, device=device)
     else:
@@ -130,6 +133,16 @@ def run(
             gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
         )
     _report(result, plots)
+
+
+def _check_out(out: Path, overwrite: bool) -> None:
+    """An existing run directory is replaced only with --overwrite (a killed run there could be resumed)."""
+    if out.exists() and not out.is_dir():
+        raise RodflowError(f"--out {out} is a file, not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a run" if (out / "config.json").is_file() else "files"
+        raise RodflowError(f"{out} already holds {what}; pass --overwrite to replace it, --resume {out} to continue "
+                           "it, or another --out")
 
 
 def _report(result, plots: bool) -> None:
