@@ -24,7 +24,7 @@ def test_simulate_with_a_config_equals_simulate_with_keywords(tmp_path):
     assert c.config["steps"] == 5 and len(c.method("gd")) == 6
     # config.json holds every field and reads back as the checked config
     record = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert set(RunConfig.fields()) - {"gfs_options"} <= set(record)
+    assert set(RunConfig.fields()) - {"gfs_options", "measurements"} <= set(record)  # those two: when given
     assert RunConfig.from_json(record) == cfg.checked(p)
 
 
@@ -61,7 +61,7 @@ def test_a_sweep_can_vary_every_field_including_gfs_every(tmp_path):
               "sharpness_every": 0, "grid": {"gfs_every": [0, 5]}, "gfs_options": {"max_grad_evals": 5000}}
     sweep = sw.expand(config)
     assert [r.spec["gfs_every"] for r in sweep.runs] == [0, 5]
-    assert set(sw.SIMULATE_KEYS) == set(RunConfig.fields()) - {"options", "gfs_options"}
+    assert set(sw.SIMULATE_KEYS) == set(RunConfig.fields()) - {"options", "gfs_options", "measurements"}
     sw.run_sweep(sweep, out=tmp_path / "s", workers=1, progress=False)
     with_gfs = [rodflow.load(tmp_path / "s" / "runs" / r.id) for r in sweep.runs]
     assert "gfs_sharpness" not in with_gfs[0].metrics

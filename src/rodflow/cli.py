@@ -53,11 +53,12 @@ def parse_pairs(items: List[str] | None, what: str) -> dict[str, Any]:
     return out
 
 
-def parse_options(items: List[str] | None) -> dict[str, dict[str, Any]]:
+def parse_options(items: List[str] | None, flag: str = "--opt",
+                  what: str = "a method: method.option=value, e.g. gradient_flow.rtol=1e-9") -> dict[str, dict[str, Any]]:
     out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_pairs(items, "--opt").items():
+    for key, value in parse_pairs(items, flag).items():
         if "." not in key:
-            raise RodflowError(f"--opt {key}=... must name a method: method.option=value, e.g. gradient_flow.rtol=1e-9")
+            raise RodflowError(f"{flag} {key}=... must name {what}")
         method, option = key.split(".", 1)
         out.setdefault(method, {})[option] = value
     return out
@@ -102,6 +103,8 @@ def run(
     gfs_every: int = typer.Option(0, help="GFS sharpness φ of every method's point every N steps (0: never)"),
     gfs_opt: Optional[List[str]] = typer.Option(None, "--gfs-opt", help="GFS solver option key=value, e.g. tol=1e-3"),
     overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory at --out"),
+    measure: Optional[List[str]] = typer.Option(
+        None, "--measure", help="plug-in measurement name.option=value, e.g. hessian_trace.every=10 (repeatable)"),
 ):
     """Run GD and its models on a problem; write a run directory, plots and a summary table."""
     set_threads(threads)
@@ -131,6 +134,8 @@ def run(
             record_iterates=record, dtype=dtype, seed=seed, options=parse_options(opt),
             out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
             gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
+            measurements=parse_options(measure, "--measure", "a measurement: name.option=value, e.g. "
+                                                             "hessian_trace.every=10"),
         )
     _report(result, plots)
 

@@ -25,7 +25,9 @@ class RunConfig:
 
     lr, steps: GD's step size and the number of GD steps. methods: GD and the flows (``rodflow methods``);
     options: per-method options. sharpness_every/neigs/eig_tol: the top ``neigs`` Hessian eigenvalues every N
-    steps (0: never). gfs_every/gfs_options: the GFS sharpness every N steps. record_iterates: True, False or
+    steps (0: never). gfs_every/gfs_options: the GFS sharpness every N steps. measurements: further
+    measurements by name with their options (``rodflow.measurements``; e.g. ``{"hessian_trace": {"every": 10}}``).
+    record_iterates: True, False or
     a projection dimension k. dtype/device: where the run computes. seed: eigensolver starts, projections,
     GFS. checkpoint_every/checkpoint_seconds: how often a run directory is checkpointed. diverge_factor: a
     process stops when its loss or ‖w‖ exceeds this multiple of the initial one.
@@ -40,6 +42,7 @@ class RunConfig:
     eig_tol: float | None = None
     gfs_every: int = 0
     gfs_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    measurements: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     record_iterates: bool | int = True
     dtype: str = "float64"
     device: str | None = None
@@ -109,13 +112,16 @@ class RunConfig:
             from .gfs import gfs_options as check_gfs_options
 
             check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail before the run
+        from . import measurements as registry
+
+        measured = registry.check(problem, self.measurements or {})
         device = problem.device if self.device is None else resolve_device(self.device)
         return dataclasses.replace(
             self, lr=lr, steps=steps, methods=tuple(methods), options=options,
             sharpness_every=count("sharpness_every", self.sharpness_every, minimum=0),
             neigs=count("neigs", self.neigs, minimum=1),
             eig_tol=None if self.eig_tol is None else positive_float("eig_tol", self.eig_tol),
-            gfs_every=count("gfs_every", self.gfs_every, minimum=0), gfs_options=gfs_options,
+            gfs_every=count("gfs_every", self.gfs_every, minimum=0), gfs_options=gfs_options, measurements=measured,
             record_iterates=record, dtype=dtype_name(resolve_dtype(self.dtype)), device=str(device),
             seed=count("seed", self.seed, minimum=0),
             checkpoint_every=None if self.checkpoint_every is None else count("checkpoint_every",
@@ -138,8 +144,9 @@ class RunConfig:
         for f in self.fields():
             value = getattr(self, f)
             out[f] = list(value) if f == "methods" else value
-        if not out["gfs_options"]:
-            del out["gfs_options"]  # as config.json always had it: only when given
+        for key in ("gfs_options", "measurements"):
+            if not out[key]:
+                del out[key]  # as config.json always had gfs_options: only when given
         out["environment"] = environment()
         return jsonable(out)
 

@@ -59,6 +59,7 @@ def simulate(
     gfs_options: dict[str, Any] | None = None,
     device: str | None = None,
     config: RunConfig | None = None,
+    measurements: dict[str, dict[str, Any]] | None = None,
 ) -> Result:
     """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
 
@@ -74,6 +75,8 @@ def simulate(
     when stderr is a terminal. ``gfs_every=N`` records the GFS sharpness φ (``rodflow.gfs``) of every method's
     point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...;
     ``gfs_options`` are passed to the GFS solver (``rodflow.gfs.GFSOptions``: tol, max_grad_evals, ...).
+    ``measurements`` adds plug-in measurements (``rodflow.measurements``), e.g.
+    ``{"hessian_trace": {"every": 10, "samples": 32}}``: their columns join the metrics.
     ``device`` ("cpu", "cuda", "cuda:1", "mps", "auto"; default: the problem's) is where every d-sized tensor
     lives; records and checkpoints are written from the CPU. On CUDA the run executes with TF32 off and
     deterministic algorithms on (``rodflow.devices.precise``).
@@ -83,7 +86,7 @@ def simulate(
                                    options=options, checkpoint_every=checkpoint_every,
                                    checkpoint_seconds=checkpoint_seconds, eig_tol=eig_tol,
                                    diverge_factor=diverge_factor, gfs_every=gfs_every, gfs_options=gfs_options,
-                                   device=device).items() if v is not None}
+                                   measurements=measurements, device=device).items() if v is not None}
     if config is None:
         for required in ("lr", "steps"):
             if required not in given:
@@ -149,6 +152,7 @@ class _Run:
             for i, m in enumerate(self.methods)
         }
         self.gfs: dict[str, Any] = {}
+        self.measures = self._measurements()
         self.status = {m: Status() for m in self.methods}
         self._warned: set[str] = set()
         self.active = {m: True for m in self.methods}
@@ -276,11 +280,12 @@ class _Run:
             except MEASUREMENT_ERRORS as exc:  # fails alone, like the sharpness
                 row.update(gfs_sharpness=math.nan, gfs_converged=0.0, gfs_reason=_reason(exc),
                            gfs_wall_s=time.perf_counter() - g0)
+        measured_wall = self._measure(m, t, p, row) if not diverged else 0.0
         row["grad_evals"] = spent.grad_evals
         row["hvps"] = spent.hvps
         row["d3"] = spent.d3
         row["wall_s"] = (dyn_wall + (time.perf_counter() - start) - row.get("sharpness_wall_s", 0.0)
-                        - row.get("gfs_wall_s", 0.0))
+                        - row.get("gfs_wall_s", 0.0) - measured_wall)
         arrays = dict(obs.arrays)
         if self.config["record_iterates"] is not False:
             arrays[ITERATE] = p.detach().cpu().numpy()
@@ -294,6 +299,33 @@ class _Run:
             self.active[m] = False
             self.status[m] = diverged
         return row
+
+    def _measurements(self) -> dict[str, dict[str, tuple[int, Any]]]:
+        from . import measurements as registry
+
+        out: dict[str, dict[str, tuple[int, Any]]] = {}
+        for i, m in enumerate(self.methods):
+            out[m] = {}
+            for name, opts in self.config.get("measurements", {}).items():
+                every, own = registry.split_every(name, opts)
+                out[m][name] = (every, registry.make(name, self.problem, self.config["seed"] * 7919 + i, **own))
+        return out
+
+    def _measure(self, m: str, t: int, p: torch.Tensor, row: dict[str, Any]) -> float:
+        """The plug-in measurements due at step t (each fails alone); their wall time, not the model's."""
+        total = 0.0
+        for name, (every, measurement) in self.measures[m].items():
+            if t % every:
+                continue
+            start = time.perf_counter()
+            try:
+                row.update(measurement.measure(p, t))
+            except MEASUREMENT_ERRORS as exc:
+                row[name] = math.nan
+                row[f"{name}_reason"] = _reason(exc)
+            row[f"{name}_wall_s"] = time.perf_counter() - start
+            total += row[f"{name}_wall_s"]
+        return total
 
     def _warn_unconverged(self, m: str, t: int, reason: str, what: str = "did not converge") -> None:
         if m not in self._warned:
@@ -386,7 +418,9 @@ class _Run:
         for m in self.methods:
             for prefix, state in (("proc", self.procs[m].state_dict() if self.active[m] else {}),
                                   ("eig", self.trackers[m].state_dict()),
-                                  ("gfs", self.gfs[m].state_dict() if m in self.gfs else {})):
+                                  ("gfs", self.gfs[m].state_dict() if m in self.gfs else {}),
+                                  *((f"measure.{name}", meas.state_dict())
+                                    for name, (_, meas) in self.measures[m].items())):
                 for key, value in state.items():
                     name = f"{m}/{prefix}/{key}"
                     if isinstance(value, np.ndarray):
@@ -434,6 +468,8 @@ class _Run:
             self.trackers[m].load_state_dict(states.get((m, "eig"), {}), device=self.problem.device)
             if (m, "gfs") in states:  # the GFS solver's warm starts: φ after resume is bitwise the same
                 self._gfs_solver(m).load_state_dict(states[(m, "gfs")])
+            for name, (_, meas) in self.measures[m].items():
+                meas.load_state_dict(states.get((m, f"measure.{name}"), {}))
         rows = [r for r in read_jsonl(self.out / "metrics.jsonl").to_dict("records") if r["step"] <= t]
         self.rows = rows
         tmp = self.out / "metrics.jsonl.tmp"

@@ -31,9 +31,9 @@ from .records import write_json, write_parquet
 from .runconfig import RunConfig
 from .status import Status
 
-SIMULATE_KEYS = tuple(f for f in RunConfig.fields() if f not in ("options", "gfs_options"))
-"""RunConfig fields a sweep may set (every field; ``options`` per method as ``options.METHOD.KEY`` and
-``gfs_options`` as ``gfs_options.KEY``)."""
+SIMULATE_KEYS = tuple(f for f in RunConfig.fields() if f not in ("options", "gfs_options", "measurements"))
+"""RunConfig fields a sweep may set (every field; ``options`` per method as ``options.METHOD.KEY``,
+``gfs_options`` as ``gfs_options.KEY`` and ``measurements`` as ``measurements.NAME.KEY``)."""
 TOP_KEYS = ("problem", *SIMULATE_KEYS)
 ENGINES = ("local", "ray", "slurm")
 DEFAULT_CHECKPOINT_EVERY = 50
@@ -61,6 +61,14 @@ class Run:
                 out.setdefault(method, {})[key] = v
         return out
 
+    def measurements(self) -> dict[str, dict[str, Any]]:
+        out: dict[str, dict[str, Any]] = {}
+        for k, v in self.spec.items():
+            if k.startswith("measurements."):
+                _, name, key = k.split(".", 2)
+                out.setdefault(name, {})[key] = v
+        return out
+
     def gfs_options(self) -> dict[str, Any]:
         return {k.split(".", 1)[1]: v for k, v in self.spec.items() if k.startswith("gfs_options.")}
 
@@ -68,6 +76,8 @@ class Run:
         kw = {k: self.spec[k] for k in SIMULATE_KEYS if k in self.spec}
         if self.gfs_options():
             kw["gfs_options"] = self.gfs_options()
+        if self.measurements():
+            kw["measurements"] = self.measurements()
         kw.setdefault("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
         opts = self.options()
         if opts:
@@ -150,6 +160,11 @@ def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
     for key, value in table.items():
         if key == "gfs_options" and isinstance(value, dict):
             out.update({f"gfs_options.{k2}": v2 for k2, v2 in value.items()})
+        elif key == "measurements" and isinstance(value, dict):
+            for k2, v2 in value.items():
+                if not isinstance(v2, dict):
+                    raise RodflowError(f"{where}: measurements.{k2} must be a table of that measurement's options")
+                out.update({f"measurements.{k2}.{k3}": v3 for k3, v3 in v2.items()})
         elif key in ("params", "options") and isinstance(value, dict):
             for k2, v2 in value.items():
                 if key == "options":
@@ -166,9 +181,12 @@ def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _resolve_key(key: str, spec: dict[str, Any]) -> str:
     """A bare problem parameter name (``zeta``) means ``params.zeta``; anything else must be known."""
-    if key in TOP_KEYS or key.startswith(("params.", "options.", "gfs_options.")):
+    if key in TOP_KEYS or key.startswith(("params.", "options.", "gfs_options.", "measurements.")):
         if key.startswith("options.") and key.count(".") < 2:
             raise RodflowError(f"{key!r}: options are set per method, as options.METHOD.KEY")
+        if key.startswith("measurements.") and key.count(".") < 2:
+            raise RodflowError(f"{key!r}: measurements are set as measurements.NAME.KEY (e.g. "
+                               "measurements.hessian_trace.every)")
         return key
     if key == "options":
         raise RodflowError("options are set per method: options.METHOD.KEY (e.g. options.gradient_flow.rtol)")
