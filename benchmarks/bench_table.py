@@ -266,12 +266,15 @@ def _plot_b7(out: dict) -> None:
         ax.grid(True, which="both", alpha=0.3)
         ax.legend(fontsize=7)
     rs = sorted(rows, key=lambda r: (r["d"], r["n"]))
-    labels = [f"d={r['d']:.2g}\nn={r['n']}" for r in rs]
+    def short(x: int) -> str:
+        return f"{x / 1e6:.1f}M" if x >= 1e6 else (f"{x / 1e3:.0f}k" if x >= 1e4 else str(x))
+
+    labels = [f"d {short(r['d'])}\nn {r['n']}" for r in rs]
     x = np.arange(len(rs))
     for i, m in enumerate(("idle", "gd", "rod_flow", "central_flow")):
         key = "idle_rss_mb" if m == "idle" else f"{m}_rss_mb"
         axes[2].bar(x + 0.2 * (i - 1.5), [r.get(key, np.nan) for r in rs], 0.2, label=m)
-    axes[2].set_xticks(x, labels, fontsize=6)
+    axes[2].set_xticks(x, labels, fontsize=7)
     axes[2].set_ylabel("peak RSS (MB)")
     axes[2].legend(fontsize=7)
     fig.suptitle("B7: cost per step and peak memory (2 x width tanh MLP, float64, 1 thread)")
