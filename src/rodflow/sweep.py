@@ -50,27 +50,29 @@ class Run:
     varying: tuple[str, ...]
     id: str
 
+    def _under(self, prefix: str) -> dict[str, Any]:
+        """The spec's ``prefix.rest`` keys as ``{rest: value}``."""
+        return {k[len(prefix) + 1:]: v for k, v in self.spec.items() if k.startswith(prefix + ".")}
+
+    def _nested(self, prefix: str) -> dict[str, dict[str, Any]]:
+        """The spec's ``prefix.name.key`` keys as ``{name: {key: value}}``."""
+        out: dict[str, dict[str, Any]] = {}
+        for k, v in self._under(prefix).items():
+            name, key = k.split(".", 1)
+            out.setdefault(name, {})[key] = v
+        return out
+
     def problem_params(self) -> dict[str, Any]:
-        return {k[len("params."):]: v for k, v in self.spec.items() if k.startswith("params.")}
+        return self._under("params")
 
     def options(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for k, v in self.spec.items():
-            if k.startswith("options."):
-                _, method, key = k.split(".", 2)
-                out.setdefault(method, {})[key] = v
-        return out
+        return self._nested("options")
 
     def measurements(self) -> dict[str, dict[str, Any]]:
-        out: dict[str, dict[str, Any]] = {}
-        for k, v in self.spec.items():
-            if k.startswith("measurements."):
-                _, name, key = k.split(".", 2)
-                out.setdefault(name, {})[key] = v
-        return out
+        return self._nested("measurements")
 
     def gfs_options(self) -> dict[str, Any]:
-        return {k.split(".", 1)[1]: v for k, v in self.spec.items() if k.startswith("gfs_options.")}
+        return self._under("gfs_options")
 
     def simulate_kwargs(self) -> dict[str, Any]:
         kw = {k: self.spec[k] for k in SIMULATE_KEYS if k in self.spec}
