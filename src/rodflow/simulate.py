@@ -219,17 +219,16 @@ class _Run:
         self._cost[m] = (spent, time.perf_counter() - start)
 
     def _record_all(self, t: int) -> None:
-        gd_point = gd_mid = None
+        """Record every active method at step t; GD (first) is the reference the others are compared with."""
+        reference = None
         for m in self.methods:
             if not self.active[m]:
                 continue
-            row = self._record(m, t, gd_point, gd_mid)
-            if m == "gd" and row is not None:
-                gd_point, gd_mid = self.procs["gd"].point(), self.procs["gd"].midpoint()
-            if m == "gd" and not self.active["gd"]:
-                gd_point = gd_mid = None
+            obs = self._record(m, t, reference)
+            if m == "gd":
+                reference = obs.references if self.active["gd"] else None
 
-    def _record(self, m: str, t: int, gd_point, gd_mid):
+    def _record(self, m: str, t: int, reference: dict[str, torch.Tensor] | None):
         proc = self.procs[m]
         spent, dyn_wall = self._cost.pop(m)
         start = time.perf_counter()
@@ -237,10 +236,11 @@ class _Run:
         p = obs.point
         row: dict[str, Any] = {"method": m, "step": t}
         row.update(obs.scalars)
-        row["dist_gd"] = float((p - gd_point).norm()) if gd_point is not None else (0.0 if m == "gd" else math.nan)
-        row["dist_gd_mid"] = float((p - gd_mid).norm()) if gd_mid is not None else math.nan
-        if m == "gd":
-            row["dist_gd_mid"] = float((p - proc.midpoint()).norm())
+        if m == "gd":  # the reference itself: distance 0 to its iterate, half a step to its midpoint
+            reference = obs.references
+        row["dist_gd"] = float((p - reference["iterate"]).norm()) if reference is not None else math.nan
+        row["dist_gd_mid"] = (float((p - reference["midpoint"]).norm())
+                              if reference is not None and "midpoint" in reference else math.nan)
         diverged = self._diverged(m, t, row["loss"], p)
         every = self.config["sharpness_every"]
         k = self.config["neigs"]
@@ -298,7 +298,7 @@ class _Run:
         if diverged:
             self.active[m] = False
             self.status[m] = diverged
-        return row
+        return obs
 
     def _measurements(self) -> dict[str, dict[str, tuple[int, Any]]]:
         from . import measurements as registry

@@ -32,9 +32,19 @@ Tensor = torch.Tensor
 
 @dataclasses.dataclass
 class Observation:
+    """What a process shows at an integer time: its ``point``, what that point estimates of GD
+    (``estimates``: "iterate" w_t or "midpoint" (w_t + w_{t+1})/2), scalars, per-step arrays, and the points
+    other processes may be compared with (``references``: by kind; default ``{estimates: point}``; GD adds its
+    midpoint)."""
+
     point: Tensor
     scalars: dict[str, float] = dataclasses.field(default_factory=dict)
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    estimates: str = "iterate"
+    references: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self):
+        self.references.setdefault(self.estimates, self.point)
 
 
 class Process(abc.ABC):
@@ -66,7 +76,8 @@ class Process(abc.ABC):
         w = self.point()
         loss, g = self.problem.loss_grad(w)
         loss = float(loss)
-        return Observation(w, {"loss": loss, "loss_pred": loss, "grad_norm": float(g.norm())})
+        return Observation(w, {"loss": loss, "loss_pred": loss, "grad_norm": float(g.norm())},
+                           estimates=self.estimates)
 
     @abc.abstractmethod
     def state_dict(self) -> dict[str, Any]:

@@ -136,7 +136,7 @@ class CentralFlow(Process):
             "X_eigs": r.get("X_eigs", np.full(self.n_report, np.nan)),
             "tracked_eigs": r.get("tracked_eigs", np.full(self.n_report, np.nan)),
         }
-        return Observation(self.w, scalars, arrays)
+        return Observation(self.w, scalars, arrays, estimates=self.estimates)
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"t": self.t, "w": as_numpy(self.w), "k_track": self._in["k_track"],

@@ -42,11 +42,13 @@ class GD(Process):
 
     def observe(self) -> Observation:
         loss = float(self.loss_t)
+        mid = self.midpoint()
         return Observation(
             self.w,
             {"loss": loss, "loss_pred": loss, "grad_norm": float(self.g.norm()),
              "half_step": float(self.delta.norm()) / 2},
-            {"midpoint": as_numpy(self.w + 0.5 * self.delta)},
+            {"midpoint": as_numpy(mid)},
+            references={"iterate": self.w, "midpoint": mid},
         )
 
     def midpoint(self):

@@ -203,6 +203,7 @@ class RodFlow(Process):
                 "ode_naccept": float(self.ode.naccept),
             },
             {"delta": as_numpy(delta), "end_iterate": as_numpy(c - sign * delta)},
+            estimates="midpoint", references={"midpoint": c, "iterate": c - sign * delta},
         )
 
     def state_dict(self):
