@@ -140,3 +140,20 @@ def test_demo_config_is_valid():
 
     cfg = cmp.check_config(cmp.load_config(Path(__file__).parent.parent / "configs" / "demo.toml"))
     assert cfg["problem"] == "mlp-digits" and cfg["steps"] > 0
+
+
+def test_command_modules_do_not_import_the_cli_back():
+    """rodflow.cli imports rodflow.commands (to register them); nothing there imports rodflow.cli."""
+    import ast
+    from pathlib import Path
+
+    import rodflow.commands
+
+    for path in Path(rodflow.commands.__file__).parent.glob("*.py"):
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom):
+                target = ("." * node.level) + (node.module or "")
+                assert target not in ("..cli", "rodflow.cli"), f"{path.name} imports {target}"
+            elif isinstance(node, ast.Import):
+                assert all(a.name != "rodflow.cli" for a in node.names), path.name

@@ -2,81 +2,13 @@
 
 from __future__ import annotations
 
-import ast
-import functools
-import os
 from pathlib import Path
-from typing import Any, List, Optional
+from typing import List, Optional
 
 import typer
 
+from .commands.base import app, command, parse_options, parse_pairs, parse_value, set_threads  # noqa: F401
 from .errors import RodflowError
-
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="GD at the edge of stability, side by side with gradient, central and rod flow.")
-
-
-def command(fn):
-    """Register a command whose bad input ends in one line on stderr and exit status 2, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        try:
-            return fn(*args, **kwargs)
-        except RodflowError as exc:
-            typer.echo(f"error: {exc}", err=True)
-            raise typer.Exit(2) from None
-
-    return app.command()(wrapper)
-
-DEMO_CONFIG = "demo.toml"  # packaged copy of configs/demo.toml (a link to it)
-
-
-def parse_value(text: str) -> Any:
-    """A CLI value: a Python literal (number, list, tuple, True/False/None) or else the string itself."""
-    lowered = text.strip().lower()
-    if lowered in ("true", "false"):
-        return lowered == "true"
-    try:
-        return ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        return text
-
-
-def parse_pairs(items: List[str] | None, what: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for item in items or []:
-        if "=" not in item:
-            raise RodflowError(f"{what} {item!r} must look like key=value")
-        key, value = item.split("=", 1)
-        out[key.strip()] = parse_value(value)
-    return out
-
-
-def parse_options(items: List[str] | None, flag: str = "--opt",
-                  what: str = "a method: method.option=value, e.g. gradient_flow.rtol=1e-9") -> dict[str, dict[str, Any]]:
-    out: dict[str, dict[str, Any]] = {}
-    for key, value in parse_pairs(items, flag).items():
-        if "." not in key:
-            raise RodflowError(f"{flag} {key}=... must name {what}")
-        method, option = key.split(".", 1)
-        out.setdefault(method, {})[option] = value
-    return out
-
-
-def set_threads(threads: int) -> None:
-    if threads < 1:
-        raise RodflowError(f"--threads must be >= 1, got {threads}")
-    import torch
-
-    torch.set_num_threads(threads)
-    os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
-    try:  # BLAS is already loaded: adjust it in place where threadpoolctl is available
-        from threadpoolctl import threadpool_limits
-
-        threadpool_limits(threads)
-    except ImportError:
-        pass
 
 
 @command
@@ -203,23 +135,6 @@ def summary(run_dir: Path = typer.Argument(..., help="a run directory")):
     from .summary import format_table
 
     typer.echo(format_table(rodflow.load(run_dir).summary()))
-
-
-@command
-def demo(
-    out: Optional[Path] = typer.Option(None, help="run directory (default runs/demo)"),
-    threads: int = typer.Option(1, help="intra-op threads"),
-    progress: bool = typer.Option(True, help="progress bar"),
-):
-    """The main job: GD, gradient, central and rod flow on an MLP on digits, into the edge of stability."""
-    set_threads(threads)
-    from importlib.resources import files
-
-    from . import compare as cmp
-    from .commands.compare import echo_comparison
-
-    echo_comparison(cmp.compare(cmp.load_config(files("rodflow") / "configs" / DEMO_CONFIG), out=out,
-                                progress=progress))
 
 
 def main(argv: list[str] | None = None) -> None:

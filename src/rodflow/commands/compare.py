@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from ..cli import command, set_threads
+from .base import command, set_threads
 
 
 @command
@@ -27,6 +27,28 @@ def compare(
     if steps is not None:
         cfg["steps"] = steps
     echo_comparison(cmp.compare(cfg, out=out, progress=progress, plots=plots))
+
+
+DEMO_CONFIG = "demo.toml"  # packaged copy of configs/demo.toml (a link to it)
+
+
+@command
+def demo(
+    out: Optional[Path] = typer.Option(None, help="run directory (default runs/demo)"),
+    threads: int = typer.Option(1, help="intra-op threads"),
+    progress: bool = typer.Option(True, help="progress bar"),
+):
+    """The main job: GD, gradient, central and rod flow on an MLP on digits, into the edge of stability."""
+    set_threads(threads)
+    from importlib.resources import files
+
+    from .. import compare as cmp
+
+    config = cmp.load_config(files("rodflow") / "configs" / DEMO_CONFIG)
+    target = out if out is not None else Path("runs") / str(config["name"])
+    if (target / "config.json").is_file():
+        typer.echo(f"replacing the earlier demo run in {target}")
+    echo_comparison(cmp.compare(config, out=out, progress=progress))
 
 
 def echo_comparison(res) -> None:

@@ -9,7 +9,7 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import command, parse_pairs, set_threads
+from .base import command, parse_pairs, set_threads
 from ..errors import RodflowError
 
 

@@ -7,7 +7,7 @@ from typing import List, Optional
 
 import typer
 
-from ..cli import command, parse_pairs
+from .base import command, parse_pairs
 
 
 @command

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import typer
 
-from ..cli import app, command, set_threads  # noqa: F401  (app: commands register on it)
+from .base import app, command, set_threads  # noqa: F401  (app: commands register on it)
 
 
 def run_checks(out: Path) -> list[dict]:
