@@ -173,9 +173,9 @@ def test_report_figures_and_table(local):
     for rid in index["id"]:
         assert rid in res.output
     # the table's S·η/2 column is final sharpness times η/2
-    from rodflow.sweep_report import summary_table
+    from rodflow.sweep_report import sweep_table
 
-    table = summary_table(index, sw.sweep_info(out))
+    table = sweep_table(index, sw.sweep_info(out))
     row = table[table["id"] == _by_lr(index, 0.3)["id"]].iloc[0]
     assert row["gd S·η/2"] == pytest.approx(_by_lr(index, 0.3)["gd.final_sharpness"] * 0.15)
 

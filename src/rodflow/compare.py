@@ -36,6 +36,7 @@ from . import problems, processes
 from .configfile import read_toml
 from .errors import RodflowError
 from .records import Result, write_json
+from .panels import gd_oscillation  # noqa: F401  (public name kept)
 from .runconfig import RunConfig, check_keys
 from .simulate import simulate
 
@@ -121,13 +122,6 @@ def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike |
 
 
 # --------------------------------------------------------------------------------------------- summary
-def gd_oscillation(result: Result) -> pd.Series | None:
-    """GD's oscillation amplitude per step: half the step length ‖w_{t+1} − w_t‖/2 (the `half_step` column)."""
-    if "gd" not in result.methods or "half_step" not in result.metrics:
-        return None
-    return result.method("gd")["half_step"]
-
-
 def summary_table(result: Result) -> pd.DataFrame:
     """The run's per-method summary (rodflow.summary) plus the edge-of-stability facts and relative cost.
 
@@ -200,21 +194,13 @@ def plot_comparison(result: Result, outdir: str | os.PathLike, fmt: str = "png")
     (when recorded), each as its own file, plus ``overview`` with all panels."""
     import matplotlib.pyplot as plt
 
-    from . import plotting
+    from .panels import PANELS
+    from .plotting import panel_figure, save_figure
 
     outdir = Path(outdir)
     outdir.mkdir(parents=True, exist_ok=True)
-    panels = [("loss", _loss), ("eigenvalues", _eigs), ("distance", _distance), ("rod", _rod), ("gfs", _gfs)]
-    active = [(name, fn) for name, fn in panels if fn(result, None)]
-    paths = []
-    for name, fn in active:
-        fig, ax = plt.subplots(figsize=(6.4, 4))
-        fn(result, ax)
-        plotting._title(ax, result, name)
-        path = outdir / f"{name}.{fmt}"
-        fig.savefig(path, dpi=150, bbox_inches="tight")
-        plt.close(fig)
-        paths.append(path)
+    active = [(name, fn) for name, fn in PANELS.items() if fn(result, None)]
+    paths = [save_figure(panel_figure(result, fn, name), outdir, name, fmt) for name, fn in active]
     if active:
         cols = min(3, len(active))
         rows = math.ceil(len(active) / cols)
@@ -231,120 +217,3 @@ def plot_comparison(result: Result, outdir: str | os.PathLike, fmt: str = "png")
         plt.close(fig)
         paths.append(path)
     return paths
-
-
-def _loss(result, ax) -> bool:
-    from scipy.ndimage import gaussian_filter1d
-
-    from .plotting import style
-    from .summary import gd_loss_two_step
-
-    if ax is None:
-        return True
-    if "gd" in result.methods:
-        gd = result.method("gd")["loss"]
-        ax.plot(gd.index, gd.values, label="GD", alpha=0.35, **style("gd"))
-        two = gd_loss_two_step(result)
-        ax.plot(two.index, two.values, color="black", lw=1.3, label="GD, 2-step average")
-        if len(gd) > 3:
-            sigma = max(1.0, len(gd) / 60)
-            ax.plot(gd.index, gaussian_filter1d(gd.values, sigma, mode="nearest"), color="grey", lw=1.3, ls=":",
-                    label=f"GD, Gaussian σ={sigma:.0f}")
-    for m in result.methods:
-        if m != "gd":
-            df = result.method(m)
-            ax.plot(df.index, df["loss_pred"].values, label=f"{m} (predicted)", **style(m))
-    vals = result.metrics["loss"].to_numpy(dtype=float)
-    if np.all(vals[np.isfinite(vals)] > 0):
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("loss")
-    ax.legend(fontsize=7)
-    return True
-
-
-def _eigs(result, ax) -> bool:
-    from .plotting import style
-
-    m = result.metrics
-    if "sharpness" not in m or m["sharpness"].notna().sum() == 0:
-        return False
-    if ax is None:
-        return True
-    eig_cols = sorted((c for c in m if c.startswith("eig_") and c[4:].isdigit()), key=lambda c: int(c[4:]))
-    for meth in result.methods:
-        df = result.method(meth)
-        s = df["sharpness"].dropna()
-        ax.plot(s.index, s.values, label=f"{meth} λ₁", **style(meth))
-        if meth == "gd":
-            for c in eig_cols[1:]:
-                e = df[c].dropna()
-                ax.plot(e.index, e.values, color="black", lw=0.6, alpha=0.5, ls="--",
-                        label=("GD λ₂" if len(eig_cols) == 2 else f"GD λ₂…λ{len(eig_cols)}")
-                        if c == eig_cols[1] else None)
-    ax.axhline(2 / result.lr, color="tab:orange", ls=":", lw=1.2, label="2/η")
-    ax.set_xlabel("step")
-    ax.set_ylabel("top Hessian eigenvalues")
-    ax.legend(fontsize=7)
-    return True
-
-
-def _distance(result, ax) -> bool:
-    from .plotting import style
-
-    flows = [m for m in result.methods if m != "gd"]
-    if "gd" not in result.methods or not flows:
-        return False
-    if ax is None:
-        return True
-    for m in flows:
-        est = processes.REGISTRY.get(m).estimates if m in processes.REGISTRY else "iterate"
-        col = "dist_gd_mid" if est == "midpoint" else "dist_gd"
-        df = result.method(m)
-        ax.plot(df.index, df[col].values, label=f"{m} → GD {'midpoint' if est == 'midpoint' else 'iterate'}",
-                **style(m))
-    ax.set_yscale("symlog", linthresh=1e-6)
-    ax.set_xlabel("step")
-    ax.set_ylabel("‖flow − GD‖")
-    ax.legend(fontsize=7)
-    return True
-
-
-def _rod(result, ax) -> bool:
-    from .plotting import style
-
-    osc = gd_oscillation(result)
-    rods = [m for m in result.methods if "rod_length" in result.metrics and result.method(m)["rod_length"].notna().any()]
-    if osc is None or not rods:
-        return False
-    if ax is None:
-        return True
-    ax.plot(osc.index, osc.values, label="GD ‖w_{t+1} − w_t‖/2", **style("gd"))
-    for m in rods:
-        r = result.method(m)["rod_length"]
-        ax.plot(r.index, r.values, label=f"{m} ‖δ‖", **style(m))
-    if (osc.dropna() > 0).all():
-        ax.set_yscale("log")
-    ax.set_xlabel("step")
-    ax.set_ylabel("oscillation amplitude")
-    ax.legend(fontsize=7)
-    return True
-
-
-def _gfs(result, ax) -> bool:
-    from .plotting import style
-
-    m = result.metrics
-    if "gfs_sharpness" not in m or m["gfs_sharpness"].notna().sum() == 0:
-        return False
-    if ax is None:
-        return True
-    for meth in result.methods:
-        s = result.method(meth)["gfs_sharpness"].dropna()
-        if len(s):
-            ax.plot(s.index, s.values, marker="o", ms=3, label=meth, **style(meth))
-    ax.axhline(2 / result.lr, color="tab:orange", ls=":", lw=1.2, label="2/η")
-    ax.set_xlabel("step")
-    ax.set_ylabel("GFS sharpness")
-    ax.legend(fontsize=7)
-    return True

@@ -8,7 +8,8 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-from .plotting import _title, style  # noqa: E402
+from . import panels  # noqa: E402
+from .panels import style, title as _title  # noqa: E402
 
 
 def plot_rod_length(result):
@@ -17,13 +18,14 @@ def plot_rod_length(result):
         return None
     rod = result.method("rod_flow")
     fig, (ax, bx) = plt.subplots(2, 1, figsize=(6.4, 6), sharex=True, height_ratios=(2, 1))
-    if "gd" in result.methods and "half_step" in result.method("gd"):
-        gd = result.method("gd")["half_step"]
-        ax.plot(gd.index, gd.values, label="GD ‖w_{t+1} − w_t‖/2", alpha=0.6, **style("gd"))
-    ax.plot(rod.index, rod["rod_length"].values, label="rod length ‖δ‖", **style("rod_flow"))
-    ax.set_yscale("log")
+    if panels.oscillation(result, None):
+        panels.oscillation(result, ax)
+    else:  # no GD half step to compare with: the rod alone
+        ax.plot(rod.index, rod["rod_length"].values, label="rod length ‖δ‖", **style("rod_flow"))
+        ax.set_yscale("log")
+        ax.legend(fontsize=8)
+    ax.set_xlabel("")
     ax.set_ylabel("length")
-    ax.legend(fontsize=8)
     _title(ax, result, "rod length vs GD's oscillation")
     if "secant_sharpness" in rod:
         bx.plot(rod.index, rod["secant_sharpness"].values, label="rod secant sharpness", **style("rod_flow"))

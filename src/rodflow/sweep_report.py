@@ -42,7 +42,7 @@ def _groups(index: pd.DataFrame, by: list[str]):
         yield ", ".join(f"{k.split('.')[-1]}={v}" for k, v in zip(by, key)), frame
 
 
-def summary_table(index: pd.DataFrame, info: dict) -> pd.DataFrame:
+def sweep_table(index: pd.DataFrame, info: dict) -> pd.DataFrame:
     """One row per run: its varying keys, status, and per method final sharpness·η/2, distance to GD, cost."""
     x, others = axes_of(index, info)
     keys = [k for k in [x, *others] if k in index]
@@ -62,7 +62,7 @@ def report(sweep_dir, fmt: str = "png") -> tuple[str, list[Path]]:
     sweep_dir = Path(sweep_dir)
     index = read_index(sweep_dir)
     info = sweep_info(sweep_dir)
-    table = summary_table(index, info)
+    table = sweep_table(index, info)
     text = table.to_string(index=False, float_format=lambda v: f"{v:.4g}")
     have = index[index["status"].ne(PENDING) & ~index["status"].str.startswith("failed")]
     outdir = sweep_dir / "plots"
