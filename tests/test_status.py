@@ -75,3 +75,22 @@ def test_a_failing_hvp_fails_the_sharpness_alone_and_the_run_goes_on(tmp_path):
     cf = r.status["central_flow"]  # central flow needs HVPs in its dynamics: it fails alone, with its step
     assert cf.kind == "ok" or (cf.kind == "failed" and cf.step >= 9 and "HVP unavailable" in cf.reason)
     assert r.summary().set_index("method").loc["gd", "sharpness_nan"] == 11
+
+
+def test_a_process_whose_observation_raises_fails_alone(monkeypatch):
+    from rodflow.processes import rod_flow
+
+    original = rod_flow.RodFlow.observe
+
+    def observe(self):
+        if self.t >= 5:
+            raise ArithmeticError("cannot observe")
+        return original(self)
+
+    monkeypatch.setattr(rod_flow.RodFlow, "observe", observe)
+    r = rodflow.simulate(rodflow.problems.make("sharp-valley"), lr=0.3, steps=12,
+                         methods=["gd", "gradient_flow", "rod_flow"], sharpness_every=0, progress=False)
+    assert r.status["gd"] == "ok" and r.status["gradient_flow"] == "ok"
+    assert r.status["rod_flow"].to_dict() == {"kind": "failed", "step": 5,
+                                              "reason": "observe: ArithmeticError: cannot observe"}
+    assert len(r.method("rod_flow")) == 5 and len(r.method("gd")) == 13

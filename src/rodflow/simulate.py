@@ -226,13 +226,18 @@ class _Run:
                 continue
             obs = self._record(m, t, reference)
             if m == "gd":
-                reference = obs.references if self.active["gd"] else None
+                reference = obs.references if obs is not None and self.active["gd"] else None
 
     def _record(self, m: str, t: int, reference: dict[str, torch.Tensor] | None):
         proc = self.procs[m]
         spent, dyn_wall = self._cost.pop(m)
         start = time.perf_counter()
-        obs = proc.observe()  # measurement: not counted in the model's cost
+        try:
+            obs = proc.observe()  # measurement: not counted in the model's cost
+        except MEASUREMENT_ERRORS as exc:  # the process cannot show its point: it fails alone
+            self.active[m] = False
+            self.status[m] = Status("failed", t, f"observe: {_reason(exc)}")
+            return None
         p = obs.point
         row: dict[str, Any] = {"method": m, "step": t}
         row.update(obs.scalars)
