@@ -13,30 +13,35 @@ import torch
 
 from . import processes
 from .problem import Problem
+from .simulate import simulate
 
 
 def run_gd(problem: Problem, lr: float, steps: int) -> np.ndarray:
-    """GD iterates w_0..w_steps as an array (steps + 1, d)."""
-    gd = processes.make("gd", problem, lr)
-    gd.start(problem.w0)
-    out = [gd.point().numpy().copy()]
-    for _ in range(steps):
-        gd.advance()
-        out.append(gd.point().numpy().copy())
-    return np.array(out)
+    """GD iterates w_0..w_steps as an array (steps + 1, d) (a ``simulate`` run of GD alone)."""
+    result = simulate(problem, lr=lr, steps=steps, methods=["gd"], sharpness_every=0, progress=False,
+                      diverge_factor=1e300)
+    return np.asarray(result.iterates["gd"])
 
 
 def run_rod(problem: Problem, lr: float, steps: int, c=None, delta=None, **options) -> dict[str, np.ndarray]:
     """Rod flow at t = 0..steps (from GD's first step, or from the rod (c, δ) when given).
 
     Returns arrays ``centre``, ``delta``, ``end_iterate`` (steps + 1, d) and ``rod_length``, ``secant``,
-    ``loss_pred`` (steps + 1,), plus ``nfev`` (right-hand-side calls of the integrator).
+    ``loss_pred`` (steps + 1,), plus ``nfev`` (right-hand-side calls of the integrator). From GD's first step
+    this is a ``simulate`` run; a given rod (c, δ) is a start ``simulate`` does not offer, so the process is
+    stepped here.
     """
-    rf = processes.make("rod_flow", problem, lr, **({"integrator": "dopri"} | options))
+    options = {"integrator": "dopri"} | options
     if c is None:
-        rf.start(problem.w0)
-    else:
-        rf.start_state(torch.as_tensor(np.asarray(c)), torch.as_tensor(np.asarray(delta)))
+        result = simulate(problem, lr=lr, steps=steps, methods=["rod_flow"], sharpness_every=0, progress=False,
+                          options={"rod_flow": options}, diverge_factor=1e300)
+        rows, arrays = result.method("rod_flow"), result.aux["rod_flow"]
+        return {"centre": np.asarray(result.iterates["rod_flow"]), "delta": np.asarray(arrays["delta"]),
+                "end_iterate": np.asarray(arrays["end_iterate"]), "rod_length": rows["rod_length"].to_numpy(),
+                "secant": rows["secant_sharpness"].to_numpy(), "loss_pred": rows["loss_pred"].to_numpy(),
+                "nfev": np.array(int(rows["ode_nfev"].iloc[-1]))}
+    rf = processes.make("rod_flow", problem, lr, **options)
+    rf.start_state(torch.as_tensor(np.asarray(c)), torch.as_tensor(np.asarray(delta)))
     keys = ("centre", "delta", "end_iterate", "rod_length", "secant", "loss_pred")
     rec: dict[str, list] = {k: [] for k in keys}
     for t in range(steps + 1):
