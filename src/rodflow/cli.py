@@ -16,7 +16,7 @@ def run(
     problem: Optional[str] = typer.Option(None, "--problem", "-p", help="registered problem (see `rodflow problems`)"),
     param: Optional[List[str]] = typer.Option(None, "--param", help="problem parameter key=value (repeatable)"),
     lr: Optional[float] = typer.Option(None, help="learning rate η (default: the problem's suggested one)"),
-    steps: int = typer.Option(1000, help="number of GD steps"),
+    steps: Optional[int] = typer.Option(None, help="number of GD steps (default 1000)"),
     methods: str = typer.Option("gd,gradient_flow", help="comma-separated methods (see `rodflow methods`)"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<problem>)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its checkpoint"),
@@ -45,6 +45,28 @@ def run(
     if resume is None and problem is not None:
         _check_out(out or Path("runs") / problem, overwrite)
     if resume is not None:
+        given = [flag for flag, value in (("--problem", problem), ("--lr", lr), ("--steps", steps), ("--param", param),
+                                          ("--opt", opt), ("--out", out)) if value not in (None, [], ())]
+        if given:
+            raise RodflowError(f"--resume continues the run as configured in {resume}/config.json; drop "
+                               f"{', '.join(given)} (to change the run, start a new one)")
+    try:
+        result = _run(rodflow, problem, param, lr, steps, methods, out, resume, sharpness_every, neigs, dtype, device,
+                      seed, opt, iterates, checkpoint_every, progress, gfs_every, gfs_opt, measure)
+    except KeyboardInterrupt as exc:
+        from .simulate import Interrupted
+
+        if isinstance(exc, Interrupted) and exc.path is not None:
+            typer.echo(f"interrupted after step {exc.step}; checkpoint written. Continue with: "
+                       f"rodflow run --resume {exc.path}", err=True)
+            raise typer.Exit(128 + int(exc.signum)) from None
+        raise
+    _report(result, plots)
+
+
+def _run(rodflow, problem, param, lr, steps, methods, out, resume, sharpness_every, neigs, dtype, device, seed, opt,
+         iterates, checkpoint_every, progress, gfs_every, gfs_opt, measure):
+    if resume is not None:
         result = rodflow.resume(resume, progress=progress, device=device)
     else:
         if problem is None:
@@ -62,14 +84,15 @@ def run(
         else:
             raise RodflowError(f"--iterates must be full, none or an integer, got {iterates!r}")
         result = rodflow.simulate(
-            prob, lr=lr, steps=steps, methods=methods, sharpness_every=sharpness_every, neigs=neigs,
+            prob, lr=lr, steps=1000 if steps is None else steps, methods=methods, sharpness_every=sharpness_every,
+            neigs=neigs,
             record_iterates=record, dtype=dtype, seed=seed, options=parse_options(opt),
             out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
             gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
             measurements=parse_options(measure, "--measure", "a measurement: name.option=value, e.g. "
                                                              "hessian_trace.every=10"),
         )
-    _report(result, plots)
+    return result
 
 
 def _check_out(out: Path, overwrite: bool) -> None:

@@ -19,8 +19,10 @@ def read_toml(path: str | os.PathLike, what: str, hint: str) -> dict[str, Any]:
     if not path.is_file():
         raise RodflowError(f"{what} {path} not found; give the path of a .toml file ({hint})")
     try:
-        config = tomllib.loads(path.read_text())
+        config = tomllib.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError as exc:
+        raise RodflowError(f"{what} {path} is not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except tomllib.TOMLDecodeError as exc:
-        raise RodflowError(f"{what} {path} is not valid TOML: {exc}") from None
+        raise RodflowError(f"{what} {path} is not valid TOML: {str(exc).splitlines()[0]}") from None
     config.setdefault("name", path.stem)
     return config

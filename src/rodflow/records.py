@@ -93,37 +93,85 @@ def load(path: str | os.PathLike) -> Result:
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RodflowError(f"{path} is not a rodflow run directory (no config.json)")
-    config = json.loads((path / "config.json").read_text())
-    if (path / "metrics.parquet").is_file():
-        metrics = pd.read_parquet(path / "metrics.parquet")
+    config = read_json(path / "config.json", "config.json")
+    status_record = read_json(path / "status.json", "status.json") if (path / "status.json").is_file() else {}
+    complete = bool(status_record.get("complete"))
+    if complete and (path / "metrics.parquet").is_file():
+        try:
+            metrics = pd.read_parquet(path / "metrics.parquet")
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise RodflowError(f"{path / 'metrics.parquet'} is damaged ({type(exc).__name__}); delete it to read "
+                               "the run from metrics.jsonl") from None
     else:
         metrics = read_jsonl(path / "metrics.jsonl")
-    status = {}
-    if (path / "status.json").is_file():
-        status = read_statuses(json.loads((path / "status.json").read_text()))
+    status = read_statuses(status_record) if status_record else {}
+    if not complete:  # killed or still running: what did not end yet is incomplete, not ok
+        last = int(metrics["step"].max()) if len(metrics) else None
+        for m in config.get("methods", []):
+            if m not in status or status[m].kind == "ok":
+                status[m] = Status("incomplete", last, f"the run stopped before step {config.get('steps')}; "
+                                                      f"continue it with rodflow run --resume {path}")
     iterates, aux = {}, {}
     for method in config["methods"]:
         folder = path / "arrays" / method
-        arrays = {p.stem: np.load(p) for p in sorted(folder.glob("*.npy")) if not p.name.endswith(".tmp.npy")}
+        arrays = {p.stem: _load_array(p) for p in sorted(folder.glob("*.npy")) if not p.name.endswith(".tmp.npy")}
         if ITERATE in arrays:
             iterates[method] = arrays.pop(ITERATE)
         aux[method] = arrays
     return Result(metrics, iterates, aux, config, status, path)
 
 
+def read_json(path: Path, what: str) -> dict[str, Any]:
+    """A JSON object file of a run directory, or a one-line error naming the file and what to do."""
+    try:
+        data = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RodflowError(f"{path} is missing; the run directory is incomplete") from None
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise RodflowError(f"{what} in {Path(path).parent} is corrupt ({type(exc).__name__} at byte "
+                           f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))}); restore it or start the run again "
+                           "with --overwrite") from None
+    if not isinstance(data, dict):
+        raise RodflowError(f"{what} in {Path(path).parent} is corrupt (not a JSON object); restore it or start "
+                           "the run again with --overwrite")
+    return data
+
+
+def _load_array(path: Path) -> np.ndarray:
+    try:
+        return np.load(path)
+    except (OSError, ValueError, EOFError) as exc:
+        raise RodflowError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                           "delete it (that array is then missing) or start the run again with --overwrite") from None
+
+
 def read_jsonl(path: Path) -> pd.DataFrame:
-    rows = []
-    if path.is_file():
-        with open(path) as fh:
-            for line in fh:
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    rows.append(json.loads(line))
-                except json.JSONDecodeError:  # a line cut by a kill: everything before it is whole
-                    break
-    return metrics_frame(rows)
+    """The rows of metrics.jsonl. A torn last line (a kill mid-write) is dropped; a bad line with rows after it
+    is corruption, not a kill, and is a one-line error (reading on would silently lose the rows after it)."""
+    return metrics_frame(read_jsonl_rows(path))
+
+
+def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
+    rows: list[dict[str, Any]] = []
+    if not path.is_file():
+        return rows
+    with open(path, "rb") as fh:
+        lines = fh.read().split(b"\n")
+    bad = None
+    for number, raw in enumerate(lines, start=1):
+        if not raw.strip():
+            continue
+        if bad is not None:
+            raise RodflowError(f"{path} line {bad} is corrupt and rows follow it; restore the file or start the run "
+                               "again with --overwrite")
+        try:
+            row = json.loads(raw.decode("utf-8"))
+            if not isinstance(row, dict) or "method" not in row or "step" not in row:
+                raise ValueError("not a metrics row")
+            rows.append(row)
+        except (UnicodeDecodeError, ValueError):
+            bad = number  # the torn tail of a killed write, if nothing follows
+    return rows
 
 
 def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:

@@ -112,6 +112,9 @@ class RunConfig:
             from .gfs import gfs_options as check_gfs_options
 
             check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail before the run
+        neigs = count("neigs", self.neigs, minimum=1)
+        if neigs > problem.d:
+            raise RodflowError(f"neigs {neigs} exceeds the problem's {problem.d} parameters; use neigs <= {problem.d}")
         from . import measurements as registry
 
         measured = registry.check(problem, self.measurements or {})
@@ -119,7 +122,7 @@ class RunConfig:
         return dataclasses.replace(
             self, lr=lr, steps=steps, methods=tuple(methods), options=options,
             sharpness_every=count("sharpness_every", self.sharpness_every, minimum=0),
-            neigs=count("neigs", self.neigs, minimum=1),
+            neigs=neigs,
             eig_tol=None if self.eig_tol is None else positive_float("eig_tol", self.eig_tol),
             gfs_every=count("gfs_every", self.gfs_every, minimum=0), gfs_options=gfs_options, measurements=measured,
             record_iterates=record, dtype=dtype_name(resolve_dtype(self.dtype)), device=str(device),

@@ -33,6 +33,8 @@ from .records import (
     ITERATE,
     Result,
     metrics_frame,
+    read_json,
+    read_jsonl_rows,
     read_jsonl,
     write_json,
     write_parquet,
@@ -117,7 +119,7 @@ def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bo
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RodflowError(f"{path} is not a rodflow run directory (no config.json); check the path")
-    config = json.loads((path / "config.json").read_text())
+    config = read_json(path / "config.json", "config.json")
     RunConfig.from_json(config)  # an unknown or missing field is a one-line error, before anything runs
     if problem is None:
         spec = config["problem"]
@@ -165,7 +167,14 @@ class _Run:
         self.jsonl = None
         self.last_checkpoint = time.monotonic()
         if out is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            try:
+                out.mkdir(parents=True, exist_ok=True)
+                probe = out / ".rodflow-write-test"
+                probe.write_bytes(b"")
+                probe.unlink()
+            except OSError as exc:
+                raise RodflowError(f"cannot write the run directory {out} ({exc.strerror or type(exc).__name__}); "
+                                   "choose another out / --out") from None
             if resuming:
                 self._load_checkpoint()
             else:
@@ -184,6 +193,7 @@ class _Run:
         if progress is not False:
             bar = tqdm(total=self.steps + 1, initial=self.next_step, disable=False if progress else None,
                        desc=self.problem.name, unit="step", leave=False)
+        restore = self._catch_signals()
         try:
             if self.next_step == 0:
                 for m in self.methods:
@@ -192,6 +202,7 @@ class _Run:
                 self.next_step = 1
                 if bar:
                     bar.update(1)
+                self._maybe_stop(0)
             for t in range(self.next_step, self.steps + 1):
                 for m in self.methods:
                     if self.active[m]:
@@ -201,10 +212,45 @@ class _Run:
                 if bar:
                     bar.update(1)
                 self._maybe_checkpoint(t)
+                self._maybe_stop(t)
         finally:
+            restore()
             if bar:
                 bar.close()
         return self._finish()
+
+    def _catch_signals(self):
+        """With a run directory, SIGINT/SIGTERM stop the run at the end of the current step, after a checkpoint
+        (a second SIGINT stops at once). Only in a main process's main thread (not in sweep workers)."""
+        import multiprocessing
+        import signal
+        import threading
+
+        self._stop: int | None = None
+        if self.out is None or threading.current_thread() is not threading.main_thread() \
+                or multiprocessing.parent_process() is not None:
+            return lambda: None
+
+        def handler(signum, frame):
+            if self._stop is not None and signum == signal.SIGINT:
+                raise KeyboardInterrupt
+            self._stop = signum
+
+        previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+        def restore():
+            for sig, old in previous.items():
+                signal.signal(sig, old)
+
+        return restore
+
+    def _maybe_stop(self, t: int) -> None:
+        if self._stop is None or t >= self.steps:
+            return
+        self._checkpoint(t)
+        if self.jsonl is not None:
+            self.jsonl.close()
+        raise Interrupted(self._stop, t, self.out)
 
     def _guarded(self, m: str, t: int, fn) -> None:
         """Run one process call; a failure stops that process only, with the reason recorded."""
@@ -385,10 +431,16 @@ class _Run:
             if target.exists():
                 store = np.load(target, mmap_mode="r+")
             else:
-                store = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+                try:
+                    store = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
+                except (OSError, ValueError, MemoryError) as exc:
+                    raise RodflowError(_too_big(m, key, shape, dtype, exc)) from None
                 store[:] = np.nan
         else:
-            store = np.full(shape, np.nan, dtype=dtype)
+            try:
+                store = np.full(shape, np.nan, dtype=dtype)
+            except (MemoryError, ValueError) as exc:
+                raise RodflowError(_too_big(m, key, shape, dtype, exc)) from None
         self.arrays[m][key] = store
         return store
 
@@ -418,7 +470,7 @@ class _Run:
         os.fsync(self.jsonl.fileno())
         blobs: dict[str, np.ndarray] = {}
         meta: dict[str, Any] = {"step": t, "status": {m: s.to_dict() for m, s in self.status.items()},
-                                "active": self.active,
+                                "active": self.active, "arrays": {m: sorted(a) for m, a in self.arrays.items()},
                                 "scale": self.scale, "scalars": {}}
         for m in self.methods:
             for prefix, state in (("proc", self.procs[m].state_dict() if self.active[m] else {}),
@@ -443,23 +495,35 @@ class _Run:
                                               **statuses_record(self.status)})
         self.last_checkpoint = time.monotonic()
 
+    def _start_over(self) -> None:
+        """A run killed before its first checkpoint restarts from step 0: drop what it wrote."""
+        for stale in ("metrics.parquet", "metrics.jsonl", "status.json"):
+            (self.out / stale).unlink(missing_ok=True)
+        shutil.rmtree(self.out / "arrays", ignore_errors=True)
+
     def _load_checkpoint(self) -> None:
         path = self.out / "checkpoint.npz"
         status_path = self.out / "status.json"
-        if status_path.is_file() and json.loads(status_path.read_text()).get("complete"):
+        status_record = read_json(status_path, "status.json") if status_path.is_file() else {}
+        if status_record.get("complete"):
             self.next_step = self.steps + 1  # already finished: _finish reloads it
             self.rows = read_jsonl(self.out / "metrics.jsonl").to_dict("records")
             for m in self.methods:
                 for p in (self.out / "arrays" / m).glob("*.npy"):
                     self.arrays[m][p.stem] = np.load(p, mmap_mode="r+")
-            self.status = read_statuses(json.loads(status_path.read_text()))
+            self.status = read_statuses(status_record)
             return
-        if not path.is_file():
-            return  # killed before the first checkpoint: start over
-        with np.load(path) as data:
-            blobs = {k: data[k] for k in data.files}
-        meta = json.loads(str(blobs.pop("__meta__")))
-        t = int(meta["step"])
+        if not path.is_file():  # killed before the first checkpoint: start over, from nothing
+            self._start_over()
+            return
+        try:
+            with np.load(path) as data:
+                blobs = {k: data[k] for k in data.files}
+            meta = json.loads(str(blobs.pop("__meta__")))
+            t = int(meta["step"])
+        except Exception as exc:  # zipfile, pickle, JSON and key errors: the file is not a whole checkpoint
+            raise RodflowError(f"{path} is damaged ({type(exc).__name__}); resume cannot continue: start the run "
+                               "again with --overwrite (rodflow.load still reads the rows written so far)") from None
         self.status = {m: Status.from_record(s) for m, s in meta["status"].items()}
         self.active = meta["active"]
         self.scale = {m: tuple(v) for m, v in meta["scale"].items()}
@@ -475,7 +539,21 @@ class _Run:
                 self._gfs_solver(m).load_state_dict(states[(m, "gfs")])
             for name, (_, meas) in self.measures[m].items():
                 meas.load_state_dict(states.get((m, f"measure.{name}"), {}))
-        rows = [r for r in read_jsonl(self.out / "metrics.jsonl").to_dict("records") if r["step"] <= t]
+        rows = [r for r in read_jsonl_rows(self.out / "metrics.jsonl") if r["step"] <= t]
+        have = {(r["method"], r["step"]) for r in rows}
+        for m in self.methods:  # every method active at the checkpoint has its row for every step up to it
+            st = self.status[m]
+            last = t if meta["active"].get(m) else (-1 if st.step is None else st.step - (st.kind != "diverged"))
+            missing = [s for s in range(0, min(t, last) + 1) if (m, s) not in have]
+            if missing:
+                raise RodflowError(f"{self.out / 'metrics.jsonl'} lacks {m}'s rows for steps {missing[0]}.. that the "
+                                   f"checkpoint at step {t} covers; restore the file or start the run again with "
+                                   "--overwrite")
+        for m, keys in meta.get("arrays", {}).items():
+            for key in keys:
+                if not (self.out / "arrays" / m / f"{key}.npy").is_file():
+                    raise RodflowError(f"{self.out / 'arrays' / m / (key + '.npy')} is missing but the checkpoint at "
+                                       f"step {t} has it; restore it or start the run again with --overwrite")
         self.rows = rows
         tmp = self.out / "metrics.jsonl.tmp"
         with open(tmp, "w") as fh:
@@ -506,8 +584,22 @@ class _Run:
         return result
 
 
+class Interrupted(KeyboardInterrupt):
+    """A run stopped by SIGINT/SIGTERM at the end of step ``step``, with a checkpoint in ``path``."""
+
+    def __init__(self, signum: int, step: int, path: Path | None):
+        super().__init__(f"interrupted after step {step}")
+        self.signum, self.step, self.path = signum, step, path
+
+
 # what a process step or a measurement may raise without ending the run (the others are bugs: they propagate)
 MEASUREMENT_ERRORS = (RuntimeError, ValueError, ArithmeticError, torch.linalg.LinAlgError, NotImplementedError)
+
+
+def _too_big(m: str, key: str, shape, dtype, exc: BaseException) -> str:
+    size = float(np.prod(shape, dtype=float)) * np.dtype(dtype).itemsize
+    return (f"cannot allocate {m}'s per-step array {key!r} of shape {tuple(shape)} ({size / 2**30:.3g} GiB: "
+            f"{type(exc).__name__}); use fewer steps, record_iterates=False or an integer k (--iterates none|k)")
 
 
 def _reason(exc: BaseException) -> str:

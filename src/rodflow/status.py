@@ -10,12 +10,13 @@ from __future__ import annotations
 import re
 from typing import Any, Mapping
 
-KINDS = ("ok", "failed", "diverged")
-_TEXT = re.compile(r"^(failed|diverged) at step (\d+)(?:: (.*)| \((.*)\))?$", re.S)
+KINDS = ("ok", "failed", "diverged", "incomplete")
+_TEXT = re.compile(r"^(failed|diverged|incomplete) at step (\d+)(?:: (.*)| \((.*)\))?$", re.S)
 
 
 class Status(str):
-    """A method's status: ``kind`` (ok, failed, diverged), the ``step`` it happened at, and the ``reason``."""
+    """A method's status: ``kind`` (ok, failed, diverged; incomplete for a killed run read back), the
+    ``step`` it happened at, and the ``reason``."""
 
     kind: str
     step: int | None
@@ -28,6 +29,8 @@ class Status(str):
             text, step, reason = "ok", None, ""
         elif kind == "failed":
             text = f"failed at step {step}: {reason}" if step is not None else f"failed: {reason}"
+        elif kind == "incomplete":  # a killed (or running) run read back: the last step it recorded
+            text = f"incomplete at step {step} ({reason})" if step is not None else f"incomplete ({reason})"
         else:
             text = f"diverged at step {step} ({reason})"
         obj = super().__new__(cls, text)
@@ -56,6 +59,8 @@ class Status(str):
             return cls()
         if text.startswith("failed: "):
             return cls("failed", None, text[len("failed: "):])
+        if text.startswith("incomplete (") and text.endswith(")"):
+            return cls("incomplete", None, text[len("incomplete ("):-1])
         match = _TEXT.match(text)
         if match is None:
             return cls("failed", None, text)  # an unrecognised text: keep it as the reason

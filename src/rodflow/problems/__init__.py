@@ -40,6 +40,10 @@ def make(name: str, dtype: str = "float64", device: str | None = None, **kwargs:
     ("cpu" by default; "cuda", "cuda:1", "mps", "auto")."""
     factory = REGISTRY.get(name)
     check_params("problem", name, factory, kwargs, skip=("dtype", "device"))
+    for key, value in kwargs.items():  # a number parameter given True/False (e.g. --param eps=True) is a slip
+        default = params(name).get(key)
+        if isinstance(value, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
+            raise RodflowError(f"problem {name!r}: {key} must be a number, got {value!r}")
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     try:

@@ -70,7 +70,8 @@ class CentralFlow(Process):
         seed: int = 0,
     ):
         super().__init__(problem, lr)
-        if isinstance(substeps, bool) or int(substeps) != substeps or substeps < 1:
+        if isinstance(substeps, bool) or not isinstance(substeps, (int, float)) or int(substeps) != substeps \
+                or substeps < 1:
             raise RodflowError(f"central_flow substeps must be a positive integer, got {substeps!r}")
         if not 0 < float(threshold) <= 1:
             raise RodflowError(f"central_flow threshold must be in (0, 1] (a fraction of 2/lr), got {threshold!r}")

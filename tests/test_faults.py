@@ -1,0 +1,199 @@
+"""Fault injection: every run file corrupted, truncated or deleted, runs killed and interrupted. Nothing written
+before a fault is lost, a resumed run equals an uninterrupted one, and what cannot be recovered is a one-line
+error naming the file and what to do — never a partial result marked complete."""
+
+import json
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import rodflow
+from rodflow.errors import RodflowError
+
+KW = dict(lr=0.3, steps=40, methods=["gd", "gradient_flow", "rod_flow"], sharpness_every=5, progress=False)
+
+
+def problem():
+    return rodflow.problems.make("sharp-valley")
+
+
+@pytest.fixture(scope="module")
+def whole():
+    return rodflow.simulate(problem(), **KW)
+
+
+def killed(tmp_path, killed_at_gd_step, step=23, every=10, name="run"):
+    out = tmp_path / name
+    with killed_at_gd_step(step):
+        rodflow.simulate(problem(), **KW, out=out, checkpoint_every=every)
+    return out
+
+
+def same(a, b):
+    for m in KW["methods"]:
+        cols = ["loss", "loss_pred", "sharpness", "dist_gd", "grad_evals"]
+        np.testing.assert_array_equal(a.method(m)[cols].to_numpy(float), b.method(m)[cols].to_numpy(float))
+        np.testing.assert_array_equal(a.iterates[m], b.iterates[m])
+        assert a.status[m] == b.status[m]
+
+
+def one_line(exc_info, *words):
+    text = str(exc_info.value)
+    assert "\n" not in text, text
+    for w in words:
+        assert w in text, text
+
+
+def test_a_killed_run_reads_as_incomplete_and_resumes_to_the_whole(tmp_path, killed_at_gd_step, whole):
+    out = killed(tmp_path, killed_at_gd_step)
+    partial = rodflow.load(out)
+    assert all(s.kind == "incomplete" for s in partial.status.values()), partial.status
+    assert "--resume" in partial.status["gd"].reason and partial.status["gd"].step == 22
+    assert (partial.summary()["status"].str.startswith("incomplete")).all()
+    same(rodflow.resume(out), whole)
+
+
+def test_torn_last_line_is_trimmed_and_a_bad_middle_line_is_an_error(tmp_path, killed_at_gd_step, whole):
+    out = killed(tmp_path, killed_at_gd_step)
+    path = out / "metrics.jsonl"
+    with open(path, "a") as fh:
+        fh.write('{"method": "gd", "step": 23, "lo')  # a write cut by the kill
+    same(rodflow.resume(out), whole)
+
+    out = killed(tmp_path, killed_at_gd_step, name="bad")
+    lines = (out / "metrics.jsonl").read_text().splitlines()
+    lines[10] = lines[10][:15]
+    (out / "metrics.jsonl").write_text("\n".join(lines) + "\n")
+    before = (out / "metrics.jsonl").read_bytes()
+    with pytest.raises(RodflowError) as info:
+        rodflow.resume(out)
+    one_line(info, "metrics.jsonl line 11 is corrupt", "--overwrite")
+    assert (out / "metrics.jsonl").read_bytes() == before  # nothing rewritten
+    with pytest.raises(RodflowError):
+        rodflow.load(out)
+
+
+def test_random_truncations_of_metrics_resume_exactly_or_refuse(tmp_path, killed_at_gd_step, whole):
+    rng = np.random.default_rng(5)
+    for i in range(6):
+        out = killed(tmp_path, killed_at_gd_step, name=f"t{i}")
+        data = (out / "metrics.jsonl").read_bytes()
+        cut = int(rng.integers(len(data) // 3, len(data)))
+        (out / "metrics.jsonl").write_bytes(data[:cut])
+        try:
+            resumed = rodflow.resume(out)
+        except RodflowError as exc:  # rows the checkpoint covers are gone: refused, never silently different
+            assert "lacks" in str(exc) and "\n" not in str(exc)
+            continue
+        same(resumed, whole)
+
+
+def test_missing_or_damaged_arrays_and_checkpoints_are_refused(tmp_path, killed_at_gd_step):
+    out = killed(tmp_path, killed_at_gd_step)
+    (out / "arrays" / "rod_flow" / "iterate.npy").unlink()
+    with pytest.raises(RodflowError) as info:
+        rodflow.resume(out)
+    one_line(info, "iterate.npy is missing", "--overwrite")
+
+    for damage in (b"", b"PK\x03\x04 truncated"):
+        out = killed(tmp_path, killed_at_gd_step, name=f"c{len(damage)}")
+        (out / "checkpoint.npz").write_bytes(damage)
+        with pytest.raises(RodflowError) as info:
+            rodflow.resume(out)
+        one_line(info, "checkpoint.npz is damaged", "--overwrite")
+        assert len(rodflow.load(out).method("gd")) >= 23  # the rows written so far stay readable
+
+    out = killed(tmp_path, killed_at_gd_step, name="arr")
+    (out / "arrays" / "gd" / "iterate.npy").write_bytes(b"\x93NUMPY garbage")
+    with pytest.raises(RodflowError) as info:
+        rodflow.load(out)
+    one_line(info, "iterate.npy is damaged")
+
+
+@pytest.mark.parametrize("name,content", [("config.json", b"{not json"), ("status.json", b"\xff\xfe"),
+                                          ("config.json", b"[1, 2]")])
+def test_corrupt_json_files_are_one_line_errors(tmp_path, killed_at_gd_step, name, content):
+    out = killed(tmp_path, killed_at_gd_step)
+    (out / name).write_bytes(content)
+    for action in (rodflow.resume, rodflow.load):
+        with pytest.raises(RodflowError) as info:
+            action(out)
+        one_line(info, f"{name} in {out} is corrupt")
+
+
+def test_restart_without_a_checkpoint_writes_no_duplicate_rows(tmp_path, killed_at_gd_step, whole):
+    out = killed(tmp_path, killed_at_gd_step, step=12, every=1000)  # killed before any checkpoint
+    assert not (out / "checkpoint.npz").exists()
+    resumed = rodflow.resume(out)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == len({(r["method"], r["step"]) for r in rows}) == 3 * 41
+    same(resumed, whole)
+
+
+def test_bad_places_and_sizes_are_one_line_errors(tmp_path):
+    (tmp_path / "file").write_text("x")
+    p = problem()
+    for out in (tmp_path / "file", tmp_path / "file" / "under"):
+        with pytest.raises(RodflowError) as info:
+            rodflow.simulate(p, lr=0.3, steps=2, out=out, progress=False)
+        one_line(info, "cannot write the run directory")
+    with pytest.raises(RodflowError) as info:
+        rodflow.simulate(p, lr=0.3, steps=10 ** 14, out=tmp_path / "huge", progress=False)
+    one_line(info, "cannot allocate", "GiB", "record_iterates")
+    with pytest.raises(RodflowError) as info:
+        rodflow.simulate(p, lr=0.3, steps=2, neigs=3, progress=False)
+    one_line(info, "neigs 3 exceeds the problem's 2 parameters")
+    with pytest.raises(RodflowError) as info:
+        rodflow.problems.make("sharp-valley", eps=True)
+    one_line(info, "eps must be a number, got True")
+    with pytest.raises(RodflowError) as info:
+        rodflow.simulate(p, lr=0.3, steps=2, methods=["gd", "central_flow"],
+                         options={"central_flow": {"substeps": "abc"}}, progress=False)
+    one_line(info, "substeps must be a positive integer")
+    (tmp_path / "bad.toml").write_bytes(b"name = \"\xff\"\n")
+    from rodflow.compare import load_config
+
+    with pytest.raises(RodflowError) as info:
+        load_config(tmp_path / "bad.toml")
+    one_line(info, "is not UTF-8 text")
+
+
+def test_resume_with_conflicting_flags_is_refused(tmp_path, capsys, monkeypatch):
+    from rodflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit):
+        main(["run", "--problem", "quadratic", "--steps", "3", "--no-progress", "--no-plots", "--out", "r"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--resume", "r", "--steps", "10", "--lr", "0.2", "--no-progress"])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and "drop --lr, --steps" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM])
+def test_interrupt_checkpoints_says_how_to_resume_and_resumes_to_the_whole(tmp_path, sig):
+    args = ["run", "--problem", "sharp-valley", "--lr", "0.3", "--steps", "6000", "--methods", "gd,gradient_flow",
+            "--sharpness-every", "0", "--no-progress", "--no-plots", "--checkpoint-every", "100000", "--out", "r"]
+    cmd = [sys.executable, "-m", "rodflow.cli", *args]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    jsonl = tmp_path / "r" / "metrics.jsonl"
+    while time.monotonic() < deadline and (not jsonl.is_file() or jsonl.stat().st_size < 20000):
+        time.sleep(0.05)
+    proc.send_signal(sig)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 128 + sig, err
+    assert "checkpoint written. Continue with: rodflow run --resume r" in err and "Traceback" not in err
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert status["complete"] is False and status["last_checkpoint"] > 0
+    resumed = rodflow.resume(tmp_path / "r")
+    straight = rodflow.simulate(problem(), lr=0.3, steps=6000, methods=["gd", "gradient_flow"], sharpness_every=0,
+                                progress=False)
+    for m in ("gd", "gradient_flow"):
+        np.testing.assert_array_equal(resumed.iterates[m], straight.iterates[m])
+        np.testing.assert_array_equal(resumed.method(m)["loss"], straight.method(m)["loss"])
