@@ -197,3 +197,22 @@ def test_interrupt_checkpoints_says_how_to_resume_and_resumes_to_the_whole(tmp_p
     for m in ("gd", "gradient_flow"):
         np.testing.assert_array_equal(resumed.iterates[m], straight.iterates[m])
         np.testing.assert_array_equal(resumed.method(m)["loss"], straight.method(m)["loss"])
+
+
+def test_a_finite_loss_with_a_nan_gradient_ends_every_method_with_a_status(tmp_path):
+    import torch
+
+    def loss(w):  # finite (the first branch), but the unselected branch's NaN reaches the gradient
+        return torch.where(w[0] < 0.5, w @ w, torch.sqrt(w[0] - 0.5))
+
+    p = rodflow.Problem.from_loss(loss, torch.tensor([0.2, 1.0], dtype=torch.float64), check=False)
+    with pytest.warns(rodflow.RodflowWarning):
+        r = rodflow.simulate(p, lr=0.1, steps=10, methods=["gd", "gradient_flow", "central_flow", "rod_flow"],
+                             out=tmp_path / "r", progress=False)
+    status = json.loads((tmp_path / "r" / "status.json").read_text())
+    assert status["complete"] is True
+    assert r.status["gd"].kind == "diverged" and r.status["gd"].step == 1
+    assert r.method("gd")["sharpness_reason"].iloc[0] == "non-finite Hessian-vector products"
+    for m in ("gradient_flow", "central_flow", "rod_flow"):
+        assert r.status[m].kind in ("failed", "diverged"), (m, r.status[m])
+    assert np.isnan(r.method("gd")["sharpness"].iloc[0]) and r.method("gd")["sharpness_reason"].iloc[0]

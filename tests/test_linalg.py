@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+import rodflow
 from rodflow import problems
 from rodflow.integrators import ChebyshevRK, DormandPrince, IntegrationError, _rkc_step
 from rodflow.linalg.eigs import SharpnessTracker, top_eigs
@@ -120,3 +121,26 @@ def test_rkc_on_a_stiff_gradient_flow_is_accurate_and_much_cheaper_than_dopri():
     blow = ChebyshevRK(lambda y: y**2, torch.ones(1, dtype=torch.float64), lambda y: 2.0 * float(y.abs().max()))
     with pytest.raises(IntegrationError, match="underflow|not finite"):
         blow.advance_to(2.0)
+
+
+@pytest.mark.parametrize("d", [3, 400])  # the dense path and the block path
+def test_nonfinite_hvps_give_nan_with_a_reason_not_a_converged_value(d):
+    from rodflow.linalg.eigs import SharpnessTracker, top_eigs
+
+    calls = {"n": 0}
+
+    def apply(V):
+        calls["n"] += 1
+        return torch.full_like(V, float("nan"))
+
+    res = top_eigs(apply, d, 1)
+    assert not res.converged and torch.isnan(res.values).all() and res.reason == "non-finite Hessian-vector products"
+    assert calls["n"] <= 2  # stops at once instead of iterating to maxiter on NaN
+    lam = torch.linspace(0.0, 1.0, d, dtype=torch.float64)
+    lam[-1] = 3.0  # a gap: the top eigenvalue converges fast
+    p = rodflow.Problem.from_loss(lambda w: 0.5 * (lam * w * w).sum(), torch.ones(d, dtype=torch.float64), check=False)
+    tracker = SharpnessTracker(p, 1)
+    assert tracker(p.w0).converged
+    good = tracker.basis.clone()
+    p.hvp_operator = lambda w: apply  # a point where the HVP breaks: the warm start survives it
+    assert not tracker(p.w0).converged and torch.equal(tracker.basis, good)

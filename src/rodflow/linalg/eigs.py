@@ -21,6 +21,8 @@ bounds what any residual can reach.
 
 from __future__ import annotations
 
+import math
+
 import dataclasses
 from typing import Callable
 
@@ -98,6 +100,8 @@ def top_eigs(
     X = _start_block(X0, d, m, work, device, generator)
     AX = apply(X)
     hvps = m
+    if not bool(torch.isfinite(AX).all()):
+        return _nonfinite(d, k, m, hvps, work, device, out, tol)
     X, AX, theta = _rayleigh_ritz(X, AX, m)
     P = AP = None
     converged = False
@@ -107,6 +111,8 @@ def top_eigs(
     for it in range(1, maxiter + 1):
         R = AX - X * theta
         res = R.norm(dim=0)
+        if not bool(torch.isfinite(res).all()):  # an HVP went non-finite: no iteration can recover
+            return _nonfinite(d, k, m, hvps, work, device, out, tol, it)
         scale = theta.abs().max().clamp_min(torch.finfo(work).tiny)
         if bool((res[:k] <= tol * scale).all()):
             converged = True
@@ -149,8 +155,17 @@ def top_eigs(
     return EigResult(out(theta[:k]), out(X[:, :k]), out(res[:k]), hvps, it, converged, out(X), reason, tol)
 
 
+def _nonfinite(d, k, m, hvps, work, device, out, tol, it: int = 0) -> EigResult:
+    """The result when Hessian-vector products are NaN/inf: NaN, unconverged, with the reason."""
+    nan = torch.full((d, m), math.nan, dtype=work, device=device)
+    return EigResult(out(nan[0, :k]), out(nan[:, :k]), out(nan[0, :k]), hvps, it, False, out(nan),
+                     "non-finite Hessian-vector products", tol)
+
+
 def _dense(apply, d, k, m, work, device, out, tol) -> EigResult:
     H = apply(torch.eye(d, dtype=work, device=device))
+    if not bool(torch.isfinite(H).all()):
+        return _nonfinite(d, k, m, d, work, device, out, tol)
     evals, V = torch.linalg.eigh(0.5 * (H + H.T))
     order = torch.argsort(evals, descending=True)
     evals, V = evals[order], V[:, order]
@@ -261,7 +276,8 @@ class SharpnessTracker:
             generator=self.generator,
             device=w.device,
         )
-        self.basis = result.basis
+        if bool(torch.isfinite(result.basis).all()):  # a NaN basis would poison every later warm start
+            self.basis = result.basis
         return result
 
     def state_dict(self) -> dict:
