@@ -216,3 +216,22 @@ def test_a_finite_loss_with_a_nan_gradient_ends_every_method_with_a_status(tmp_p
     for m in ("gradient_flow", "central_flow", "rod_flow"):
         assert r.status[m].kind in ("failed", "diverged"), (m, r.status[m])
     assert np.isnan(r.method("gd")["sharpness"].iloc[0]) and r.method("gd")["sharpness_reason"].iloc[0]
+
+
+def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_path, killed_at_gd_step, whole):
+    out = killed(tmp_path, killed_at_gd_step)
+    assert not (out / ".lock").exists()  # released even when the run dies
+    sleeper = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        (out / ".lock").write_text(f"{sleeper.pid}\n")
+        with pytest.raises(RodflowError) as info:
+            rodflow.resume(out)
+        one_line(info, f"is being written by process {sleeper.pid}")
+        with pytest.raises(RodflowError):
+            rodflow.simulate(problem(), **KW, out=out)
+        assert (out / "checkpoint.npz").exists()  # the refused writer deleted nothing
+    finally:
+        sleeper.kill()
+        sleeper.wait()
+    same(rodflow.resume(out), whole)  # the writer is gone: its lock is stale and taken over
+    assert not (out / ".lock").exists()

@@ -175,14 +175,19 @@ class _Run:
             except OSError as exc:
                 raise RodflowError(f"cannot write the run directory {out} ({exc.strerror or type(exc).__name__}); "
                                    "choose another out / --out") from None
-            if resuming:
-                self._load_checkpoint()
-            else:
-                for stale in ("metrics.parquet", "metrics.jsonl", "checkpoint.npz", "status.json"):
-                    (out / stale).unlink(missing_ok=True)
-                shutil.rmtree(out / "arrays", ignore_errors=True)  # a previous run's per-step arrays
-                write_json(out / "config.json", config)
-            self.jsonl = open(out / "metrics.jsonl", "a", buffering=1)
+            self._lock = _lock(out)
+            try:
+                if resuming:
+                    self._load_checkpoint()
+                else:
+                    for stale in ("metrics.parquet", "metrics.jsonl", "checkpoint.npz", "status.json"):
+                        (out / stale).unlink(missing_ok=True)
+                    shutil.rmtree(out / "arrays", ignore_errors=True)  # a previous run's per-step arrays
+                    write_json(out / "config.json", config)
+                self.jsonl = open(out / "metrics.jsonl", "a", buffering=1)
+            except BaseException:
+                self._unlock()
+                raise
 
     # ---------------------------------------------------------------------------------------------- loop
     def execute(self, progress: bool | None) -> Result:
@@ -213,11 +218,18 @@ class _Run:
                     bar.update(1)
                 self._maybe_checkpoint(t)
                 self._maybe_stop(t)
+            return self._finish()
         finally:
             restore()
             if bar:
                 bar.close()
-        return self._finish()
+            self._unlock()
+
+    def _unlock(self) -> None:
+        lock = getattr(self, "_lock", None)
+        if lock is not None:
+            lock.unlink(missing_ok=True)
+            self._lock = None
 
     def _catch_signals(self):
         """With a run directory, SIGINT/SIGTERM stop the run at the end of the current step, after a checkpoint
@@ -582,6 +594,42 @@ class _Run:
             write_parquet(self.out / "metrics.parquet", metrics)
             write_json(self.out / "status.json", {"complete": True, **statuses_record(self.status)})
         return result
+
+
+LOCK = ".lock"
+
+
+def _lock(out: Path) -> Path:
+    """Take the run directory's lock (a file holding the writer's PID); a live other writer is a one-line error,
+    a dead one's lock (a killed run) is taken over."""
+    path = out / LOCK
+    for _ in range(2):
+        try:
+            fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            try:
+                pid = int(path.read_text().split()[0])
+            except (OSError, ValueError, IndexError):
+                pid = None
+            if pid is not None and pid != os.getpid() and _alive(pid):
+                raise RodflowError(f"{out} is being written by process {pid}; wait for it to finish or stop it "
+                                   f"(a stale lock: delete {path})") from None
+            path.unlink(missing_ok=True)  # the writer is gone: its lock is stale
+            continue
+        with os.fdopen(fd, "w") as fh:
+            fh.write(f"{os.getpid()}\n")
+        return path
+    raise RodflowError(f"cannot take the lock {path}; another writer keeps creating it")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by someone else
+        return True
+    return True
 
 
 class Interrupted(KeyboardInterrupt):
