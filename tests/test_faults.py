@@ -3,6 +3,7 @@ before a fault is lost, a resumed run equals an uninterrupted one, and what cann
 error naming the file and what to do — never a partial result marked complete."""
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -235,3 +236,55 @@ def test_a_second_writer_is_refused_and_a_dead_writers_lock_is_taken_over(tmp_pa
         sleeper.wait()
     same(rodflow.resume(out), whole)  # the writer is gone: its lock is stale and taken over
     assert not (out / ".lock").exists()
+
+
+def _children(pid):
+    from pathlib import Path
+
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if int((d / "stat").read_text().split(") ")[-1].split()[1]) == pid:
+                    out.append(int(d.name))
+            except (OSError, ValueError, IndexError):
+                pass
+    return out
+
+
+def _running(pid):
+    from pathlib import Path
+
+    try:
+        return "State:\tZ" not in (Path("/proc") / str(pid) / "status").read_text()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+@pytest.mark.parametrize("sig", [signal.SIGKILL, signal.SIGINT])
+def test_sweep_workers_die_with_their_parent_and_ctrl_c_cancels_at_once(tmp_path, sig):
+    (tmp_path / "s.toml").write_text('name = "k"\nproblem = "sharp-valley"\nsteps = 300000\nmethods = "gd"\n'
+                                     'sharpness_every = 0\n[grid]\nlr = [0.1, 0.2, 0.3, 0.35]\n')
+    out = tmp_path / "o"
+    proc = subprocess.Popen([sys.executable, "-m", "rodflow.cli", "sweep", str(tmp_path / "s.toml"), "--out", str(out),
+                             "--workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    deadline = time.monotonic() + 90
+    while time.monotonic() < deadline and len(list(out.glob("runs/*/metrics.jsonl"))) < 2:
+        time.sleep(0.1)
+    workers = _children(proc.pid)
+    assert workers, "the sweep started no worker"
+    proc.send_signal(sig)
+    start = time.monotonic()
+    _, err = proc.communicate(timeout=60)
+    if sig == signal.SIGINT:
+        assert time.monotonic() - start < 15 and proc.returncode == 130
+        assert "queued runs cancelled" in err and "--resume" in err and "Traceback" not in err
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and any(_running(w) for w in workers):
+        time.sleep(0.2)
+    alive = [w for w in workers if _running(w)]
+    for w in alive:
+        os.kill(w, signal.SIGKILL)
+    assert not alive, f"workers outlived the sweep's parent: {alive}"

@@ -237,7 +237,13 @@ def run_id(spec: dict[str, Any], keys: Iterable[str]) -> str:
 
 # ---------------------------------------------------------------------------------------- one run
 def init_worker(threads: int = 1) -> None:
-    """Worker initializer: one intra-op thread (BLAS and torch) per worker."""
+    """Worker initializer: one intra-op thread (BLAS and torch) per worker; the worker dies with the sweep's
+    parent process (Linux parent-death signal, and a parent-alive check everywhere) and leaves Ctrl-C to the
+    parent, which cancels the sweep."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _die_with_parent()
     os.environ["OPENBLAS_NUM_THREADS"] = str(threads)
     os.environ["OMP_NUM_THREADS"] = str(threads)
     os.environ.setdefault("MPLBACKEND", "Agg")
@@ -313,17 +319,21 @@ def _local(tasks, workers: int, **_) -> Iterable[tuple[int, dict[str, Any]]]:
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
             futures = {pool.submit(execute, spec, d): i for i, (spec, d) in remaining.items()}
             broken = False
-            for fut in as_completed(futures):
-                i = futures[fut]
-                try:
-                    row = fut.result()
-                except BrokenProcessPool:
-                    broken = True
-                    continue
-                except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
-                    row = {"status": f"failed: {type(exc).__name__}: {exc}", "_action": "failed"}
-                remaining.pop(i)
-                yield i, row
+            try:
+                for fut in as_completed(futures):
+                    i = futures[fut]
+                    try:
+                        row = fut.result()
+                    except BrokenProcessPool:
+                        broken = True
+                        continue
+                    except Exception as exc:  # noqa: BLE001 - e.g. an unpicklable result
+                        row = {"status": f"failed: {type(exc).__name__}: {exc}", "_action": "failed"}
+                    remaining.pop(i)
+                    yield i, row
+            except BaseException:  # Ctrl-C (or the caller stopped): cancel what is queued, stop what runs
+                _cancel(pool)
+                raise
         if broken and remaining:
             # a worker died (killed, out of memory): the pool is gone. The run it held cannot be told apart
             # from the others in flight, so run each remaining run alone; one that kills its worker again
@@ -337,6 +347,39 @@ def _local(tasks, workers: int, **_) -> Iterable[tuple[int, dict[str, Any]]]:
                                "_action": "failed"}
                 remaining.pop(i)
                 yield i, row
+
+
+def _die_with_parent() -> None:
+    import signal
+    import threading
+
+    parent = os.getppid()
+    try:  # Linux: the kernel kills this worker when its parent dies
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, int(signal.SIGKILL))  # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+    def watch() -> None:  # elsewhere (and as a second line): reparented means the parent is gone
+        while True:
+            time.sleep(1.0)
+            if os.getppid() != parent:
+                os._exit(70)
+
+    threading.Thread(target=watch, daemon=True, name="rodflow-parent-watch").start()
+
+
+def _cancel(pool) -> None:
+    """Cancel a process pool's queued runs and terminate its workers at once (their runs keep their
+    checkpoints; ``--resume`` continues them)."""
+    processes = list(getattr(pool, "_processes", {}).values())
+    pool.shutdown(wait=False, cancel_futures=True)
+    for proc in processes:
+        if proc.is_alive():
+            proc.terminate()
+    for proc in processes:
+        proc.join(timeout=5)
 
 
 def _ray_task(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:

@@ -29,9 +29,14 @@ def sweep(
 
     spec = sw.load_config(config)
     out = out or (config if (config / "sweep.json").is_file() else Path("sweeps") / spec.name)
-    index = sw.run_sweep(spec, out=out, engine=engine, workers=workers, resume=resume, address=address,
-                         cpus_per_task=cpus_per_task, cluster=cluster, slurm=parse_pairs(slurm, "--slurm"),
-                         progress=progress)
+    try:
+        index = sw.run_sweep(spec, out=out, engine=engine, workers=workers, resume=resume, address=address,
+                             cpus_per_task=cpus_per_task, cluster=cluster, slurm=parse_pairs(slurm, "--slurm"),
+                             progress=progress)
+    except KeyboardInterrupt:
+        typer.echo(f"interrupted: queued runs cancelled, running ones stopped (their checkpoints are kept). "
+                   f"Continue with: rodflow sweep {config} --out {out} --resume", err=True)
+        raise typer.Exit(130) from None
     counts = index["status"].map(sw._kind).value_counts()
     typer.echo(f"{len(index)} runs -> {out}: {counts.get('done', 0)} done, {counts.get('diverged', 0)} diverged, "
                f"{counts.get('failed', 0)} failed")
