@@ -183,14 +183,21 @@ def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
 
 
 def write_json(path: Path, obj: Any) -> None:
+    """Crash-safe: a temporary file, flushed to disk, renamed over the old one (readers see old or new)."""
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=_json_default) + "\n")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        fh.write(json.dumps(obj, indent=2, default=_json_default) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
 def write_parquet(path: Path, frame: pd.DataFrame) -> None:
+    """Crash-safe like :func:`write_json`."""
     tmp = path.with_name(path.name + ".tmp")
     frame.to_parquet(tmp, index=False)
+    with open(tmp, "rb") as fh:
+        os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 

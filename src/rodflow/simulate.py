@@ -611,7 +611,7 @@ def _lock(out: Path) -> Path:
                 pid = int(path.read_text().split()[0])
             except (OSError, ValueError, IndexError):
                 pid = None
-            if pid is not None and pid != os.getpid() and _alive(pid):
+            if pid is not None and pid != os.getpid() and _alive(pid, wait=3.0):
                 raise RodflowError(f"{out} is being written by process {pid}; wait for it to finish or stop it "
                                    f"(a stale lock: delete {path})") from None
             path.unlink(missing_ok=True)  # the writer is gone: its lock is stale
@@ -622,14 +622,27 @@ def _lock(out: Path) -> Path:
     raise RodflowError(f"cannot take the lock {path}; another writer keeps creating it")
 
 
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:  # exists, owned by someone else
-        return True
-    return True
+def _alive(pid: int, wait: float = 0.0) -> bool:
+    """Whether process ``pid`` is running (a zombie is not); a process that exits within ``wait`` seconds
+    (e.g. a sweep worker dying with its parent) counts as gone."""
+    deadline = time.monotonic() + wait
+    while True:
+        try:
+            os.kill(pid, 0)
+            running = True
+        except ProcessLookupError:
+            running = False
+        except PermissionError:  # exists, owned by someone else
+            running = True
+        if running:
+            try:
+                with open(f"/proc/{pid}/status") as fh:
+                    running = not any(line.startswith("State:") and "Z" in line.split()[1] for line in fh)
+            except OSError:
+                pass  # no /proc (macOS) or it just exited
+        if not running or time.monotonic() >= deadline:
+            return running
+        time.sleep(0.05)
 
 
 class Interrupted(KeyboardInterrupt):
