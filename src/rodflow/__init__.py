@@ -17,5 +17,5 @@ from .records import Result, load  # noqa: E402
 from .runconfig import RunConfig  # noqa: E402
 from .simulate import resume, simulate  # noqa: E402
 
-__all__ = ["Problem", "Result", "RodflowError", "RodflowWarning", "RunConfig", "load", "problems", "processes", "resume",
-           "simulate"]
+__all__ = ["Problem", "Result", "RodflowError", "RodflowWarning", "RunConfig", "load", "problems", "processes",
+           "resume", "simulate"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import List, Optional
 
@@ -50,49 +51,50 @@ def run(
         if given:
             raise RodflowError(f"--resume continues the run as configured in {resume}/config.json; drop "
                                f"{', '.join(given)} (to change the run, start a new one)")
-    try:
-        result = _run(rodflow, problem, param, lr, steps, methods, out, resume, sharpness_every, neigs, dtype, device,
-                      seed, opt, iterates, checkpoint_every, progress, gfs_every, gfs_opt, measure)
-    except KeyboardInterrupt as exc:
-        from .simulate import Interrupted
-
-        if isinstance(exc, Interrupted) and exc.path is not None:
-            typer.echo(f"interrupted after step {exc.step}; checkpoint written. Continue with: "
-                       f"rodflow run --resume {exc.path}", err=True)
-            raise typer.Exit(128 + int(exc.signum)) from None
-        raise
+    with _interrupt_message():
+        if resume is not None:
+            result = rodflow.resume(resume, progress=progress, device=device)
+        else:
+            if problem is None:
+                raise RodflowError("give --problem NAME (see `rodflow problems`) or --resume DIR")
+            prob = rodflow.problems.make(problem, dtype=dtype, device=device, **parse_pairs(param, "--param"))
+            if lr is None:
+                if prob.suggested_lr is None:
+                    raise RodflowError(f"problem {problem!r} has no suggested learning rate; give --lr")
+                lr = prob.suggested_lr
+            record: bool | int
+            if iterates in ("full", "none"):
+                record = iterates == "full"
+            elif iterates.isdigit():
+                record = int(iterates)
+            else:
+                raise RodflowError(f"--iterates must be full, none or an integer, got {iterates!r}")
+            result = rodflow.simulate(
+                prob, lr=lr, steps=1000 if steps is None else steps, methods=methods,
+                sharpness_every=sharpness_every, neigs=neigs, record_iterates=record, dtype=dtype, seed=seed,
+                options=parse_options(opt),
+                out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
+                gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
+                measurements=parse_options(measure, "--measure", "a measurement: name.option=value, e.g. "
+                                                                 "hessian_trace.every=10"),
+            )
     _report(result, plots)
 
 
-def _run(rodflow, problem, param, lr, steps, methods, out, resume, sharpness_every, neigs, dtype, device, seed, opt,
-         iterates, checkpoint_every, progress, gfs_every, gfs_opt, measure):
-    if resume is not None:
-        result = rodflow.resume(resume, progress=progress, device=device)
-    else:
-        if problem is None:
-            raise RodflowError("give --problem NAME (see `rodflow problems`) or --resume DIR")
-        prob = rodflow.problems.make(problem, dtype=dtype, device=device, **parse_pairs(param, "--param"))
-        if lr is None:
-            if prob.suggested_lr is None:
-                raise RodflowError(f"problem {problem!r} has no suggested learning rate; give --lr")
-            lr = prob.suggested_lr
-        record: bool | int
-        if iterates in ("full", "none"):
-            record = iterates == "full"
-        elif iterates.isdigit():
-            record = int(iterates)
-        else:
-            raise RodflowError(f"--iterates must be full, none or an integer, got {iterates!r}")
-        result = rodflow.simulate(
-            prob, lr=lr, steps=1000 if steps is None else steps, methods=methods, sharpness_every=sharpness_every,
-            neigs=neigs,
-            record_iterates=record, dtype=dtype, seed=seed, options=parse_options(opt),
-            out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
-            gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
-            measurements=parse_options(measure, "--measure", "a measurement: name.option=value, e.g. "
-                                                             "hessian_trace.every=10"),
-        )
-    return result
+@contextlib.contextmanager
+def _interrupt_message():
+    """A run stopped by SIGINT/SIGTERM (with its checkpoint written) ends with the resume command, not a
+    traceback; exit status 128 + the signal."""
+    from .simulate import Interrupted
+
+    try:
+        yield
+    except Interrupted as exc:
+        if exc.path is None:
+            raise
+        typer.echo(f"interrupted after step {exc.step}; checkpoint written. Continue with: "
+                   f"rodflow run --resume {exc.path}", err=True)
+        raise typer.Exit(128 + int(exc.signum)) from None
 
 
 def _check_out(out: Path, overwrite: bool) -> None:
