@@ -57,29 +57,16 @@ def plain_attention() -> Iterator[None]:
         torch.backends.mha.set_fastpath_enabled(fast)
 
 
-class ModuleFunction:
+class ModuleFunction(models.FlatModel):
     """``f(w, *inputs)``: the module evaluated on the trainable parameters cut from the flat vector ``w``."""
 
     def __init__(self, module: nn.Module):
-        self.module = module
-        named = [(name, p) for name, p in module.named_parameters() if p.requires_grad]
-        if not named:
+        super().__init__(module, trainable_only=True)
+        if not self.names:
             raise RodflowError("the module has no trainable parameters (none with requires_grad=True)")
-        self.names = [name for name, _ in named]
-        self.shapes = [p.shape for _, p in named]
-        self.sizes = [p.numel() for _, p in named]
-        self.d = sum(self.sizes)
 
-    def initial(self) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.parameters()])
-
-    def parameters(self) -> list[Tensor]:
-        params = dict(self.module.named_parameters())
-        return [params[name] for name in self.names]
-
-    def unflatten(self, w: Tensor) -> dict[str, Tensor]:
-        return dict(zip(self.names, (part.view(shape) for part, shape in
-                                     zip(torch.split(w, self.sizes), self.shapes))))
+    def initial(self, dtype: torch.dtype | None = None) -> Tensor:
+        return super().initial(dtype)
 
     def __call__(self, w: Tensor, *inputs: Tensor) -> Tensor:
         with plain_attention():

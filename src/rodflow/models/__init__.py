@@ -264,20 +264,29 @@ ARCHITECTURES = ("mlp", "cnn", "resnet", "vit", "transformer")
 
 # --------------------------------------------------------------------------------------------- flat model
 class FlatModel:
-    """A module evaluated on parameters cut from one flat vector: ``model(w, x)``."""
+    """A module evaluated on parameters cut from one flat vector: ``model(w, x)``. With ``trainable_only`` the
+    vector holds only the parameters with ``requires_grad`` (the others keep the module's values)."""
 
-    def __init__(self, module: nn.Module):
+    def __init__(self, module: nn.Module, trainable_only: bool = False):
         self.module = module
         self.names: list[str] = []
         self.shapes: list[torch.Size] = []
         for name, p in module.named_parameters():
-            self.names.append(name)
-            self.shapes.append(p.shape)
+            if p.requires_grad or not trainable_only:
+                self.names.append(name)
+                self.shapes.append(p.shape)
         self.sizes = [math.prod(s) for s in self.shapes]
         self.d = sum(self.sizes)
 
-    def initial(self, dtype: torch.dtype = torch.float64) -> Tensor:
-        return torch.cat([p.detach().reshape(-1) for p in self.module.parameters()]).to(dtype)
+    def parameters(self) -> list[Tensor]:
+        """The module's tensors of the flat vector, in its order."""
+        params = dict(self.module.named_parameters())
+        return [params[name] for name in self.names]
+
+    def initial(self, dtype: torch.dtype | None = torch.float64) -> Tensor:
+        """The module's current parameters as one flat vector (in ``dtype``; ``None``: the module's own)."""
+        w = torch.cat([p.detach().reshape(-1) for p in self.parameters()])
+        return w if dtype is None else w.to(dtype)
 
     def unflatten(self, w: Tensor) -> dict[str, Tensor]:
         if w.shape != (self.d,):
