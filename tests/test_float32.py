@@ -63,17 +63,14 @@ def test_float32_block_algebra_also_converges(algebra):
 
 
 def test_unconverged_sharpness_is_nan_with_a_reason(monkeypatch):
-    import importlib
-
     from rodflow.linalg.eigs import SharpnessTracker
-
-    sim = importlib.import_module("rodflow.simulate")  # the module (rodflow.simulate is also the function)
+    from rodflow.measurements import sharpness
 
     class Starved(SharpnessTracker):  # an eigensolver that cannot converge in its iteration budget
         def __init__(self, *a, **kw):
             super().__init__(*a, **kw, maxiter=2)
 
-    monkeypatch.setattr(sim, "SharpnessTracker", Starved)
+    monkeypatch.setattr(sharpness, "SharpnessTracker", Starved)
     p = rodflow.problems.make("mlp-digits", n=32, classes=3, width=8, depth=1)
     with pytest.warns(rodflow.RodflowWarning, match="did not converge.*recorded as NaN"):
         r = rodflow.simulate(p, lr=0.1, steps=4, methods=["gd"], sharpness_every=2, progress=False)

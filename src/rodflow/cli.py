@@ -19,6 +19,7 @@ def run(
     lr: Optional[float] = typer.Option(None, help="learning rate η (default: the problem's suggested one)"),
     steps: Optional[int] = typer.Option(None, help="number of GD steps (default 1000)"),
     methods: str = typer.Option("gd,gradient_flow", help="comma-separated methods (see `rodflow methods`)"),
+    reference: str = typer.Option("gd", help="the method every method's distances (dist_gd, dist_gd_mid) are to"),
     out: Optional[Path] = typer.Option(None, help="run directory (default runs/<problem>)"),
     resume: Optional[Path] = typer.Option(None, help="continue the run in this directory from its checkpoint"),
     sharpness_every: int = typer.Option(1, help="top Hessian eigenvalues every N steps (0: never)"),
@@ -70,7 +71,7 @@ def run(
             else:
                 raise RodflowError(f"--iterates must be full, none or an integer, got {iterates!r}")
             result = rodflow.simulate(
-                prob, lr=lr, steps=1000 if steps is None else steps, methods=methods,
+                prob, lr=lr, steps=1000 if steps is None else steps, methods=methods, reference=reference,
                 sharpness_every=sharpness_every, neigs=neigs, record_iterates=record, dtype=dtype, seed=seed,
                 options=parse_options(opt),
                 out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,

@@ -98,19 +98,22 @@ def eigenvalues(result, ax) -> bool:
 
 
 def distance(result, ax) -> bool:
-    """Distance of each model's point to what it estimates of GD (its iterate or its midpoint)."""
-    flows = [m for m in result.methods if m != "gd"]
-    if "gd" not in result.methods or not flows:
+    """Distance of each model's point to what it estimates of the reference (GD unless the run named another):
+    its iterate or its midpoint."""
+    ref = result.config.get("reference", "gd")
+    flows = [m for m in result.methods if m != ref]
+    if ref not in result.methods or not flows:
         return False
     if ax is None:
         return True
+    name = "GD" if ref == "gd" else ref
     for m in flows:
         est = estimates(m)
         col = "dist_gd_mid" if est == "midpoint" else "dist_gd"
-        ax.plot(result.method(m).index, result.method(m)[col].values, label=f"{m} → GD {est}", **style(m))
+        ax.plot(result.method(m).index, result.method(m)[col].values, label=f"{m} → {name} {est}", **style(m))
     ax.set_yscale("symlog", linthresh=1e-8)
     ax.set_xlabel("step")
-    ax.set_ylabel("‖model − GD‖")
+    ax.set_ylabel(f"‖model − {name}‖")
     ax.legend(fontsize=7)
     return True
 

@@ -24,7 +24,8 @@ class RunConfig:
     """The settings of one run (the problem is separate: it is an object, stored in config.json as its spec).
 
     lr, steps: GD's step size and the number of GD steps. methods: GD and the flows (``rodflow methods``);
-    options: per-method options. sharpness_every/neigs/eig_tol: the top ``neigs`` Hessian eigenvalues every N
+    options: per-method options. reference: the process every method's distances (``dist_gd``, ``dist_gd_mid``)
+    are measured to (default GD; its row is first). sharpness_every/neigs/eig_tol: the top ``neigs`` Hessian eigenvalues every N
     steps (0: never). gfs_every/gfs_options: the GFS sharpness every N steps. measurements: further
     measurements by name with their options (``rodflow.measurements``; e.g. ``{"hessian_trace": {"every": 10}}``).
     record_iterates: True, False or
@@ -37,6 +38,7 @@ class RunConfig:
     steps: int
     methods: tuple[str, ...] = DEFAULT_METHODS
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    reference: str = "gd"
     sharpness_every: int = 1
     neigs: int = 1
     eig_tol: float | None = None
@@ -95,8 +97,13 @@ class RunConfig:
             processes.REGISTRY.get(m)
         if len(set(methods)) != len(methods):
             raise RodflowError(f"methods lists a method twice: {', '.join(methods)}")
-        if "gd" in methods:  # GD first: the flows are compared with it at every step
-            methods = ["gd"] + [m for m in methods if m != "gd"]
+        reference = self.reference
+        if not isinstance(reference, str) or reference not in processes.names():
+            raise RodflowError(f"reference must be a method name ({', '.join(processes.names())}), got {reference!r}")
+        if reference in methods:  # the reference first: the others are compared with it at every step
+            methods = [reference] + [m for m in methods if m != reference]
+        elif reference != "gd":  # (a run without GD has no distances by default; a named reference must run)
+            raise RodflowError(f"reference {reference!r} is not among the methods {', '.join(methods)}; add it")
         record = self.record_iterates
         if not isinstance(record, bool):
             record = count("record_iterates", record, minimum=1)
@@ -120,7 +127,7 @@ class RunConfig:
         measured = registry.check(problem, self.measurements or {})
         device = problem.device if self.device is None else resolve_device(self.device)
         return dataclasses.replace(
-            self, lr=lr, steps=steps, methods=tuple(methods), options=options,
+            self, lr=lr, steps=steps, methods=tuple(methods), options=options, reference=reference,
             sharpness_every=count("sharpness_every", self.sharpness_every, minimum=0),
             neigs=neigs,
             eig_tol=None if self.eig_tol is None else positive_float("eig_tol", self.eig_tol),

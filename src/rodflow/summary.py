@@ -19,8 +19,9 @@ def gd_loss_two_step(result) -> pd.Series | None:
 def summarize(result) -> pd.DataFrame:
     """One row per method: status, final loss and sharpness, distance to GD, loss-prediction error, cost.
 
-    Distances compare a method's point with what it estimates: GD's iterate w_t for GD-iterate models
-    (gradient flow, central flow), GD's midpoint (w_t + w_{t+1})/2 for midpoint models (the rod centre).
+    Distances compare a method's point with what it estimates of the run's reference (GD unless the run names
+    another): its iterate w_t for iterate models (gradient flow, central flow), its midpoint (w_t + w_{t+1})/2
+    for midpoint models (the rod centre).
     ``loss_pred_err`` is Σ_t |pred_t − L̄_t| / Σ_t |L̄_t|, the error of the method's predicted loss against
     GD's loss averaged over two steps L̄_t (a ratio of sums, so steps where the loss is ~0 do not dominate).
     """

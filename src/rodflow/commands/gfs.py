@@ -14,11 +14,13 @@ from ..errors import RodflowError
 
 
 def scalar_sweep(depths=(2, 3, 4, 5, 6), lrs=None, steps: int = 400, y: float = 1.0):
-    """GD on ½(∏w − y)² from balanced and unbalanced starts whose φ0 exceeds 2/η; φ every step."""
+    """GD on ½(∏w − y)² from balanced and unbalanced starts whose φ0 exceeds 2/η; φ every step (``simulate``
+    runs of GD with ``gfs_every=1``; a run whose loss passes 1e12 counts as diverged)."""
     import numpy as np
 
     from .. import problems
-    from ..gfs import GFSSolver, monotonicity, scalar_network_gfs
+    from ..gfs import monotonicity, scalar_network_gfs
+    from ..simulate import simulate
 
     rows, traces = [], {}
     for D in depths:
@@ -28,30 +30,23 @@ def scalar_sweep(depths=(2, 3, 4, 5, 6), lrs=None, steps: int = 400, y: float = 
             for frac in (lrs or (1.05, 1.3, 1.8)):
                 lr = frac * 2.0 / phi0  # φ0 = frac · 2/η > 2/η
                 p = problems.make("scalar-network", depth=D, y=y, w0=list(base))
-                solver = GFSSolver(p)
-                w = p.w0.clone()
-                loss, sharp, phis, errs = [], [], [], []
-                for _ in range(steps):
-                    r = solver(w)
-                    phis.append(r.sharpness)
-                    errs.append(r.error)
-                    l, g = p.loss_grad(w)
-                    loss.append(float(l))
-                    sharp.append(float(np.linalg.eigvalsh(p.hessian(w).numpy())[-1]))
-                    if not math.isfinite(float(l)) or float(l) > 1e12:
-                        break
-                    w = w - lr * g
-                mono = monotonicity(phis, errs)
+                loss0 = max(1.0, float(p.loss(p.w0)))
+                res = simulate(p, lr=lr, steps=steps - 1, methods=["gd"], sharpness_every=1, gfs_every=1,
+                               diverge_factor=1e12 / loss0, progress=False)
+                df = res.method("gd")
+                evaluated = df[df["gfs_converged"].notna()]
+                loss, sharp, phis = (df[c].tolist() for c in ("loss", "sharpness", "gfs_sharpness"))
                 final_phi = next((v for v in reversed(phis) if math.isfinite(v)), math.nan)
-                converged = math.isfinite(loss[-1]) and loss[-1] < 1e-10
+                diverged = res.status["gd"].kind == "diverged"
+                converged = not diverged and loss[-1] < 1e-10
                 rows.append(dict(depth=D, start=start, lr=lr, two_over_lr=2 / lr, phi0=phi0,
                                  final_sharpness=sharp[-1], final_phi=final_phi, final_loss=loss[-1],
                                  gd_converged=converged,
-                                 outcome=("diverged" if not math.isfinite(loss[-1]) or loss[-1] > 1e12 else
+                                 outcome=("diverged" if diverged else
                                           f"not converged in {steps} steps" if not converged else
                                           "EoS (φ≈2/η)" if abs(final_phi - 2 / lr) <= 0.02 * 2 / lr else
                                           "below 2/η (overshoot)"),
-                                 **mono))
+                                 **monotonicity(evaluated["gfs_sharpness"], evaluated["gfs_error"])))
                 traces[(D, start, round(frac, 3))] = (loss, sharp, phis, lr)
     return rows, traces
 

@@ -1,7 +1,8 @@
-"""The measurement registry: quantities recorded at a method's point every N steps (beside the built-in
-distance to GD, sharpness and GFS sharpness).
+"""The measurement registry: quantities recorded at a method's point every N steps.
 
-A new measurement is one new module here with a ``@register("name")`` subclass of ``Measurement``, plus its
+Built in, configured by run settings (``RunConfig`` fields) rather than ``measurements=``: ``distance`` (to the
+``reference`` process), ``sharpness`` (``sharpness_every``, ``neigs``, ``eig_tol``) and ``gfs`` (``gfs_every``,
+``gfs_options``). A new measurement is one new module here with a ``@register("name")`` subclass of ``Measurement``, plus its
 import line below. Its options are the keyword parameters of its ``__init__`` after ``problem`` and ``seed``;
 every measurement also takes ``every`` (record every N steps). A run asks for it with
 ``simulate(..., measurements={"hessian_trace": {"every": 10, "samples": 32}})`` (CLI: ``--measure
@@ -52,6 +53,9 @@ def check(problem: Problem, specs: Mapping[str, Mapping[str, Any]]) -> dict[str,
                            "{'hessian_trace': {'every': 10}}")
     out = {}
     for name, opts in specs.items():
+        builtin = getattr(REGISTRY.get(name), "builtin", None)
+        if builtin:
+            raise RodflowError(f"measurement {name!r} is built in: set it with the run setting(s) {builtin}")
         if not isinstance(opts, Mapping):
             raise RodflowError(f"measurement {name!r}: options must be a mapping, e.g. {{'every': 10}}")
         _, own = split_every(name, opts)
@@ -60,5 +64,19 @@ def check(problem: Problem, specs: Mapping[str, Mapping[str, Any]]) -> dict[str,
     return out
 
 
-# Built-in measurements: one import line per module.
-from . import hessian_trace  # noqa: E402,F401
+def run_specs(config: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]]:
+    """(name, every, options) of every measurement a run makes, in row order: the built-ins from the run's
+    settings (a config.json record), then the ``measurements`` it asks for."""
+    specs = [("distance", 1, {}),
+             ("sharpness", int(config["sharpness_every"]), {"k": int(config["neigs"]), "tol": config["eig_tol"]})]
+    if config.get("gfs_every"):
+        specs.append(("gfs", int(config["gfs_every"]),
+                      {"options": {"seed": config["seed"], **config.get("gfs_options", {})}}))
+    for name, opts in config.get("measurements", {}).items():
+        every, own = split_every(name, opts)
+        specs.append((name, every, own))
+    return specs
+
+
+# Measurements: one import line per module.
+from . import distance, gfs_sharpness, hessian_trace, sharpness  # noqa: E402,F401

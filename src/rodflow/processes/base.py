@@ -10,8 +10,8 @@ observed and advanced:
     ...
 
 ``observe()`` returns an :class:`Observation`: ``point`` (the process's estimate of GD's iterate ``w_t``),
-scalars that become metrics columns (``loss``, ``loss_pred``, ...) and per-step arrays that become
-``result.aux[method][key]``. Work done by ``start``/``advance`` counts as the model's cost; work done by
+scalars that become metrics columns (``loss``, ``loss_pred``, ...) and per-step arrays (``arrays``; parameter-space
+ones in ``vectors``) that become ``result.aux[method][key]``. Work done by ``start``/``advance`` counts as the model's cost; work done by
 ``observe`` is measurement. ``state_dict``/``load_state_dict`` capture everything needed to continue a
 run bit for bit after a restart.
 """
@@ -35,13 +35,15 @@ class Observation:
     """What a process shows at an integer time: its ``point``, what that point estimates of GD
     (``estimates``: "iterate" w_t or "midpoint" (w_t + w_{t+1})/2), scalars, per-step arrays, and the points
     other processes may be compared with (``references``: by kind; default ``{estimates: point}``; GD adds its
-    midpoint)."""
+    midpoint). ``arrays`` are recorded as given; ``vectors`` are parameter-space arrays (d values), recorded
+    like the iterate: all, none or their projection, as the run's ``record_iterates`` says."""
 
     point: Tensor
     scalars: dict[str, float] = dataclasses.field(default_factory=dict)
     arrays: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
     estimates: str = "iterate"
     references: dict[str, Tensor] = dataclasses.field(default_factory=dict)
+    vectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         self.references.setdefault(self.estimates, self.point)

@@ -47,8 +47,8 @@ class GD(Process):
             self.w,
             {"loss": loss, "loss_pred": loss, "grad_norm": float(self.g.norm()),
              "half_step": float(self.delta.norm()) / 2},
-            {"midpoint": as_numpy(mid)},
             references={"iterate": self.w, "midpoint": mid},
+            vectors={"midpoint": as_numpy(mid)},
         )
 
     def midpoint(self):

@@ -202,8 +202,8 @@ class RodFlow(Process):
                 "ode_nfev": float(self.ode.nfev),
                 "ode_naccept": float(self.ode.naccept),
             },
-            {"delta": as_numpy(delta), "end_iterate": as_numpy(c - sign * delta)},
             estimates="midpoint", references={"midpoint": c, "iterate": c - sign * delta},
+            vectors={"delta": as_numpy(delta), "end_iterate": as_numpy(c - sign * delta)},
         )
 
     def state_dict(self):
