@@ -19,7 +19,8 @@ def run_checks(out: Path) -> list[dict]:
     import numpy as np
     import torch
 
-    from .. import problems, processes
+    from .. import problems
+    from ..simulate import simulate
     from ..rod_theory import fit_rate, onset_step, run_gd, run_rod, top_sharpness
 
     out.mkdir(parents=True, exist_ok=True)
@@ -69,12 +70,8 @@ def run_checks(out: Path) -> list[dict]:
         prob = problems.make(name, **params)
         gd = run_gd(prob, eta, T + 1)
         seeded, bare = run_rod(prob, eta, T), run_rod(prob, eta, T, seed="none")
-        gf = processes.make("gradient_flow", prob, eta)
-        gf.start(prob.w0)
-        s_gf = [top_sharpness(prob, prob.w0.numpy())]
-        for _ in range(T):
-            gf.advance()
-            s_gf.append(top_sharpness(prob, gf.point().numpy()))
+        s_gf = simulate(prob, lr=eta, steps=T, methods=["gradient_flow"], sharpness_every=1, progress=False,
+                        diverge_factor=1e300).method("gradient_flow")["sharpness"].tolist()
         s_rod = [top_sharpness(prob, c) for c in seeded["centre"]]
         s_bare = [top_sharpness(prob, c) for c in bare["centre"]]
         tail = np.array(s_rod[T // 4:])
