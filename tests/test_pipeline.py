@@ -66,7 +66,7 @@ def test_a_sweep_varies_the_reference():
 def test_built_in_measurements_are_set_by_their_run_settings():
     p = rodflow.problems.make("quadratic")
     for name, setting in (("sharpness", "sharpness_every"), ("gfs", "gfs_every"), ("distance", "reference")):
-        with pytest.raises(RodflowError, match=f"{name!r} is built in: set it with the run setting.*{setting}"):
+        with pytest.raises(RodflowError, match=f"{name!r} is built in: set by the run setting.*{setting}"):
             rodflow.simulate(p, lr=0.1, steps=2, methods=["gd"], measurements={name: {}}, progress=False)
     assert {"distance", "sharpness", "gfs", "hessian_trace"} <= set(measurements.names())
 
@@ -127,3 +127,20 @@ def test_parameter_space_vectors_follow_record_iterates():
     end = k3.iterates["rod_flow"] - sign * k3.aux["rod_flow"]["delta"]
     np.testing.assert_allclose(k3.aux["rod_flow"]["end_iterate"], end, rtol=1e-4, atol=1e-6)
     assert not np.allclose(k3.aux["rod_flow"]["end_iterate"], k3.iterates["rod_flow"], atol=1e-6)
+
+
+def test_a_per_step_array_larger_than_the_free_disk_is_refused_before_it_is_filled(tmp_path, monkeypatch):
+    """`--steps 1e12` once filled the disk: a memmap is filled with NaN as it is allocated."""
+    import collections
+    import shutil
+
+    real = shutil.disk_usage
+    usage = collections.namedtuple("usage", "total used free")
+    monkeypatch.setattr(shutil, "disk_usage", lambda path: usage(10**6, 0, 10**4))  # 10 kB free
+    p = rodflow.problems.make("quadratic")
+    with pytest.raises(RodflowError, match=r"per-step array .* GiB free on the disk\); use fewer steps") as info:
+        rodflow.simulate(p, lr=0.1, steps=2000, methods=["gd"], progress=False, out=tmp_path / "r")
+    assert "\n" not in str(info.value)
+    monkeypatch.setattr(shutil, "disk_usage", real)
+    r = rodflow.simulate(p, lr=0.1, steps=20, methods=["gd"], progress=False, out=tmp_path / "r")
+    assert r.iterates["gd"].shape == (21, p.d)

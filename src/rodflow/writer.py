@@ -115,6 +115,10 @@ class Writer:
             if target.exists():
                 store = np.load(target, mmap_mode="r+")
             else:
+                need = float(np.prod(shape, dtype=float)) * np.dtype(dtype).itemsize
+                free = shutil.disk_usage(folder).free
+                if need > 0.9 * free:  # a memmap is filled with NaN: it would fill the disk, then fail
+                    raise RodflowError(_too_big(m, key, shape, dtype, None, free))
                 try:
                     store = np.lib.format.open_memmap(target, mode="w+", dtype=dtype, shape=shape)
                 except (OSError, ValueError, MemoryError) as exc:
@@ -280,10 +284,11 @@ def alive(pid: int, wait: float = 0.0) -> bool:
         time.sleep(0.05)
 
 
-def _too_big(m: str, key: str, shape, dtype, exc: BaseException) -> str:
+def _too_big(m: str, key: str, shape, dtype, exc: BaseException | None, free: float | None = None) -> str:
     size = float(np.prod(shape, dtype=float)) * np.dtype(dtype).itemsize
+    why = type(exc).__name__ if exc is not None else f"{free / 2**30:.3g} GiB free on the disk"
     return (f"cannot allocate {m}'s per-step array {key!r} of shape {tuple(shape)} ({size / 2**30:.3g} GiB: "
-            f"{type(exc).__name__}); use fewer steps, record_iterates=False or an integer k (--iterates none|k)")
+            f"{why}); use fewer steps, record_iterates=False or an integer k (--iterates none|k)")
 
 
 def clean(row: dict[str, Any]) -> dict[str, Any]:

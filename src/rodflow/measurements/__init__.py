@@ -55,7 +55,7 @@ def check(problem: Problem, specs: Mapping[str, Mapping[str, Any]]) -> dict[str,
     for name, opts in specs.items():
         builtin = getattr(REGISTRY.get(name), "builtin", None)
         if builtin:
-            raise RodflowError(f"measurement {name!r} is built in: set it with the run setting(s) {builtin}")
+            raise RodflowError(f"measurement {name!r} is built in: {builtin}")
         if not isinstance(opts, Mapping):
             raise RodflowError(f"measurement {name!r}: options must be a mapping, e.g. {{'every': 10}}")
         _, own = split_every(name, opts)

@@ -19,7 +19,7 @@ class Distance(Measurement):
     at_divergence = True
     warn = False
     timed = False  # two vector norms: part of the row, not a measurement worth its own wall-time column
-    builtin = "reference"
+    builtin = "set by the run setting reference"
 
     def blank(self) -> dict[str, Any]:
         return {"dist_gd": math.nan, "dist_gd_mid": math.nan}

@@ -19,7 +19,7 @@ class GFSSharpness(Measurement):
     name = "gfs"
     state_key = "gfs"
     warn = False  # an undefined φ (no finite minimiser) is a result, with its reason, not a fault
-    builtin = "gfs_every, gfs_options"
+    builtin = "set by the run settings gfs_every, gfs_options"
 
     def __init__(self, problem, seed: int, options: Mapping[str, Any] | None = None):
         super().__init__(problem, seed)

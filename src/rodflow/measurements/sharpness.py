@@ -21,7 +21,7 @@ class Sharpness(Measurement):
 
     name = "sharpness"
     state_key = "eig"
-    builtin = "sharpness_every, neigs, eig_tol"
+    builtin = "set by the run settings sharpness_every, neigs, eig_tol"
 
     def __init__(self, problem, seed: int, k: int = 1, tol: float | None = None):
         super().__init__(problem, seed)
