@@ -24,8 +24,13 @@ def summarize(result) -> pd.DataFrame:
     for midpoint models (the rod centre).
     ``loss_pred_err`` is Σ_t |pred_t − L̄_t| / Σ_t |L̄_t|, the error of the method's predicted loss against
     GD's loss averaged over two steps L̄_t (a ratio of sums, so steps where the loss is ~0 do not dominate).
+    ``onset_step`` / ``first_spike_step``: when the method enters the edge of stability and when its predicted
+    loss first spikes (``rodflow.onset``; NaN for a model without an oscillation, with ``onset_reason``).
     """
+    from .onset import onsets
+
     smooth = gd_loss_two_step(result)
+    onset = onsets(result)
     rows = []
     for m in result.methods:
         df = result.method(m)
@@ -61,6 +66,7 @@ def summarize(result) -> pd.DataFrame:
             rows_gfs = df[df["gfs_converged"].notna()]
             row["final_gfs_sharpness"] = _last(df["gfs_sharpness"])
             row.update(monotonicity(rows_gfs["gfs_sharpness"], rows_gfs.get("gfs_error")))
+        row.update(onset.get(m, {}))
         row["grad_evals_per_step"] = row.get("grad_evals", 0) / max(1, row["steps"])
         row["wall_s"] = float(df["wall_s"].sum())
         rows.append(row)
@@ -89,5 +95,5 @@ def _last(series) -> float:
 def format_table(frame: pd.DataFrame) -> str:
     cols = [c for c in ("method", "status", "final_loss", "final_sharpness", "compared_to", "dist_mean",
                         "dist_max", "ends_dist_mean", "ends_dist_max", "loss_pred_err", "grad_evals_per_step", "hvps",
-                        "wall_s", "sharpness_nan", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
+                        "wall_s", "sharpness_nan", "onset_step", "first_spike_step", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
     return frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")

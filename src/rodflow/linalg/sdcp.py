@@ -253,7 +253,7 @@ def _polish(M: np.ndarray, a: np.ndarray, k: int, x: np.ndarray, steps: int = 6)
     """Semismooth Newton on F(x) = x − Π₊(x − a − M x) from the interior-point solution.
 
     Near a strictly complementary solution this converges quadratically, removing the √μ-sized misalignment
-    of the ranges of X and Z an interior-point method leaves. A step is kept only if it lowers ‖F‖.
+    of the ranges of X and Z an interior-point method leaves. The best point of the iteration is kept.
     """
     n = x.size
     basis = smat(np.eye(n), k)
@@ -263,21 +263,23 @@ def _polish(M: np.ndarray, a: np.ndarray, k: int, x: np.ndarray, steps: int = 6)
         return v - svec(psd_part(smat(v - a - M @ v, k)))
 
     f = F(x)
-    best = float(np.linalg.norm(f))
-    improved = False
+    best_x, best = x, float(np.linalg.norm(f))
+    r0 = best
     for _ in range(steps):
         if best < 1e-15:
             break
         J = ident - _projection_jacobian(smat(x - a - M @ x, k), basis) @ (ident - M)
-        try:
-            step = np.linalg.solve(J, -f)
-        except np.linalg.LinAlgError:
-            step = np.linalg.lstsq(J, -f, rcond=None)[0]
-        x_new = x + step
-        f_new = F(x_new)
-        r_new = float(np.linalg.norm(f_new))
-        if not r_new < best:
+        # least squares with a cut-off: on degenerate problems (singular B, non-strict complementarity) J is
+        # singular and a plain solve's huge components ruined the step; a full step that does not lower ‖F‖ at
+        # once is still taken (the semismooth residual is not monotone), the best point seen is returned
+        step = np.linalg.lstsq(J, -f, rcond=1e-12)[0]
+        x = x + step
+        if not np.isfinite(x).all():
             break
-        x, f, best, improved = x_new, f_new, r_new, True
+        f = F(x)
+        r = float(np.linalg.norm(f))
+        if r < best:
+            best_x, best = x, r
+    x, improved = best_x, best < r0
     # the final X must be PSD exactly: drop the (round-off sized) negative part
     return svec(psd_part(smat(x, k))), improved

@@ -55,6 +55,10 @@ class Process(abc.ABC):
     name: ClassVar[str]
     #: What ``point`` estimates: "iterate" (w_t) or "midpoint" ((w_t + w_{t+1})/2).
     estimates: ClassVar[str] = "iterate"
+    #: a metrics column holding the process's estimate of GD's oscillation amplitude, if it models one
+    oscillation_column: ClassVar[str | None] = None
+    #: a metrics column that is >= 1 once the process is at the edge of stability, if it has one
+    edge_column: ClassVar[str | None] = None
 
     def __init__(self, problem: Problem, lr: float, **options: Any):
         self.problem = problem

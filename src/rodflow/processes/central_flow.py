@@ -55,6 +55,8 @@ class CentralFlow(Process):
     """Central flow by forward Euler with the reference's SDCP, linearised one substep ahead."""
 
     estimates = "iterate"
+    #: the column counting active constraints: central flow enters the edge of stability when it is >= 1
+    edge_column = "n_critical"
 
     def __init__(
         self,

@@ -35,6 +35,7 @@ from .gradient_flow import DEFAULT_INTEGRATOR, _number, integration_options
 from . import register
 
 SEEDS = ("precision", "none")
+RATES = ("linear", "gd-multiplier")  # the δ equation's radial rate: ηs − 2 (default), or GD's ln|ηs − 1|
 # rod_rtol per integrator: dopri keeps the tight value it always had; rkc's comes from the accuracy rule (B2a)
 DEFAULT_ROD_RTOL = {"dopri": 1e-4, "rkc": 1e-3}
 
@@ -80,10 +81,15 @@ class RodFlow(Process):
     Options: ``integrator`` ("rkc", default: Runge-Kutta-Chebyshev; "dopri": Dormand-Prince 5(4)) and its
     rtol/atol/max_step, with ``rod_rtol`` for δ relative to the rod length; ``correction`` adds the backward-error
     correction of the centre (two HVPs per call); ``seed`` = "precision" models the per-step rounding of GD
-    that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation), "none" turns it off.
+    that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation), "none" turns it off;
+    ``rate`` = "gd-multiplier" replaces the radial rate ηs − 2 of δ (s: secant sharpness along δ) by GD's per-step
+    log-multiplier ln|ηs − 1| (science.md §7), floored at −``max_decay`` near ηs = 1; "linear" (default) keeps
+    the equations above.
     """
 
     estimates = "midpoint"
+    #: the column holding the rod's estimate of GD's oscillation amplitude (onset, ``rodflow.onset``)
+    oscillation_column = "rod_length"
 
     def __init__(
         self,
@@ -97,6 +103,8 @@ class RodFlow(Process):
         correction: bool = False,
         seed: str = "precision",
         seed_scale: float = 1.0,
+        rate: str = "linear",
+        max_decay: float = 4.0,
     ):
         super().__init__(problem, lr)
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
@@ -114,6 +122,12 @@ class RodFlow(Process):
         self.seed_scale = float(seed_scale)
         if not (math.isfinite(self.seed_scale) and self.seed_scale >= 0):
             raise RodflowError(f"rod_flow seed_scale must be a finite number >= 0, got {seed_scale!r}")
+        if rate not in RATES:
+            raise RodflowError(f"rod_flow rate must be one of {', '.join(RATES)}, got {rate!r}")
+        self.rate = rate
+        if not (_number(max_decay) and math.isfinite(max_decay) and max_decay > 0):
+            raise RodflowError(f"rod_flow max_decay must be a finite number > 0, got {max_decay!r}")
+        self.max_decay = float(max_decay)
         self.d = problem.d
 
     # ------------------------------------------------------------------------------------------- the ODE
@@ -138,6 +152,8 @@ class RodFlow(Process):
         if self.correction:
             dc = dc - (eta * eta / 8.0) * (self.problem.hvp(c + delta, gs) + self.problem.hvp(c - delta, gs))
         dd = 0.5 * eta * (gp - gm) - 2.0 * delta
+        if self.rate == "gd-multiplier":
+            dd = dd + self._rate_change(gp - gm, delta) * delta
         if self.seed == "precision" and self.seed_scale > 0:
             n2 = delta.square().sum()
             if n2 > 0:
@@ -145,6 +161,18 @@ class RodFlow(Process):
                 sigma2 = self.seed_scale**2 * rounding_variance(c, delta, step)
                 dd = dd + (sigma2 / (2.0 * n2)) * delta
         return torch.cat([dc, dd])
+
+    def _rate_change(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float:
+        """GD's per-step log-multiplier ln|ηs − 1| minus the rod's radial rate ηs − 2, for the secant sharpness
+        s = δᵀ(g_+ − g_−)/(2‖δ‖²) (even in δ: the term stays odd). ln|ηs − 1| → −∞ at ηs = 1, where GD removes
+        the oscillation in one step: the rate is floored at −max_decay there (a decay e^−max_decay per step)."""
+        n2 = float(delta.square().sum())
+        if n2 == 0:
+            return 0.0
+        x = self.lr * float(gdiff @ delta) / (2.0 * n2)  # η s
+        gap = abs(x - 1.0)
+        rate = math.log(gap) if gap > 0 else -math.inf
+        return max(rate, -self.max_decay) - (x - 2.0)
 
     def _integrator(self, y0: torch.Tensor, t0: float = 0.0):
         norm = rod_norm(self.d, self.rtol, self.atol, self.rod_rtol)

@@ -1,0 +1,95 @@
+"""When each method enters the edge of stability, and when its loss first spikes (issue 17; docs/rod_flow.md).
+
+**Onset** is the first step at which the method's estimate of GD's period-2 oscillation exceeds ``FACTOR``
+times its running floor (its smallest value so far): below the threshold the oscillation decays to a floor
+(GD's: rounding or the decaying transient of directions with 1 < ηλ < 2), and entering the edge of stability it
+grows exponentially out of it. The oscillation is
+
+- for GD, a = ‖w_{t−2} − 4 w_{t−1} + 6 w_t − 4 w_{t+1} + w_{t+2}‖ / 16 from its recorded iterates (full or
+  projected: the difference is linear). For w_t = m_t + (−1)^t a_t this is ‖a_t‖ up to the fourth derivative of
+  the drift m; the second difference (w_{t+1} − 2 w_t + w_{t−1})/4 is not enough: on the sharp valley the drift's
+  curvature held it at 1e-10 where the 4th difference reaches the rounding level 1e-16;
+- for a process whose class names an ``oscillation_column`` (rod flow: ``rod_length`` = ‖δ‖), that column;
+- for a process whose class names an ``edge_column`` (central flow: ``n_critical``), the first step where that
+  column is ≥ 1 (the flow's constraint becomes active) is the onset itself;
+- none for the others (gradient flow): NaN.
+
+**First spike** is the first step at which the method's predicted loss (GD: its two-step average
+½(L_t + L_{t+1}); models: ``loss_pred``) rises above its running minimum by more than ``RISE`` times the decrease
+achieved so far (L_0 − min), a rule independent of the loss's scale and offset.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pandas as pd
+
+from . import processes
+
+FACTOR = 100.0
+RISE = 0.01
+
+
+def onset_step(amplitude, factor: float = FACTOR) -> float:
+    """First index at which ``amplitude`` (a Series indexed by step, or an array indexed from 0) is at least
+    ``factor`` times its smallest positive finite value so far; NaN when it never is."""
+    a = amplitude if isinstance(amplitude, pd.Series) else pd.Series(np.asarray(amplitude, float))
+    a = a[np.isfinite(a.to_numpy(float))].astype(float)
+    floor = a.where(a > 0).cummin().shift(1)  # the floor before this step
+    hit = a.index[(a >= factor * floor).to_numpy()]
+    return float(hit[0]) if len(hit) else math.nan
+
+
+def first_spike_step(loss, rise: float = RISE) -> float:
+    """First index at which ``loss`` exceeds its running minimum by more than ``rise`` × (loss[0] − minimum)."""
+    s = loss if isinstance(loss, pd.Series) else pd.Series(np.asarray(loss, float))
+    s = s[np.isfinite(s.to_numpy(float))].astype(float)
+    if s.empty:
+        return math.nan
+    low = s.cummin()
+    hit = s.index[((s - low) > rise * (s.iloc[0] - low)).to_numpy() & (s.iloc[0] > low).to_numpy()]
+    return float(hit[0]) if len(hit) else math.nan
+
+
+def gd_oscillation(iterates: np.ndarray) -> pd.Series:
+    """GD's period-2 amplitude per step from its iterates (steps + 1, d): the centred fourth difference / 16
+    (NaN at the two first and last steps)."""
+    w = np.asarray(iterates, dtype=float)
+    out = np.full(len(w), np.nan)
+    if len(w) >= 5:
+        d4 = w[:-4] - 4 * w[1:-3] + 6 * w[2:-2] - 4 * w[3:-1] + w[4:]
+        out[2:-2] = np.linalg.norm(d4, axis=1) / 16
+    return pd.Series(out)
+
+
+def onsets(result) -> dict[str, dict[str, float | str]]:
+    """``{method: {"onset_step", "first_spike_step", ["onset_reason"]}}`` for every method of a run."""
+    from .summary import gd_loss_two_step
+
+    out: dict[str, dict[str, float | str]] = {}
+    for m in result.methods:
+        df = result.method(m)
+        cls = processes.REGISTRY.get(m) if m in processes.REGISTRY else None
+        row: dict[str, float | str] = {"onset_step": math.nan}
+        if m == "gd":
+            its = result.iterates.get("gd")
+            if its is None:
+                row["onset_reason"] = "GD's iterates were not recorded (record_iterates=False)"
+            else:
+                row["onset_step"] = onset_step(gd_oscillation(its)[: len(df)].set_axis(df.index[: len(its)]))
+            spike = gd_loss_two_step(result)
+        else:
+            col, edge = getattr(cls, "oscillation_column", None), getattr(cls, "edge_column", None)
+            if col and col in df:
+                row["onset_step"] = onset_step(df[col])
+            elif edge and edge in df:
+                hit = df.index[(df[edge] >= 1).to_numpy()]
+                row["onset_step"] = float(hit[0]) if len(hit) else math.nan
+            else:
+                row["onset_reason"] = "the model has no oscillation"
+            spike = df["loss_pred"] if "loss_pred" in df else None
+        row["first_spike_step"] = first_spike_step(spike) if spike is not None else math.nan
+        out[m] = row
+    return out
