@@ -341,7 +341,7 @@ class _Run:
 
 def _state_key(meas: Measurement) -> str:
     """A measurement's prefix in checkpoints (the built-ins keep the names older checkpoints used)."""
-    return getattr(meas, "state_key", None) or f"measure.{meas.name}"
+    return meas.state_key or f"measure.{meas.name}"
 
 
 class Interrupted(KeyboardInterrupt):

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RodflowError
-from .records import ITERATE, read_json, read_jsonl, read_jsonl_rows, write_json, write_parquet
+from .records import ITERATE, metrics_frame, read_json, read_jsonl, read_jsonl_rows, write_json, write_parquet
 from .status import statuses_record
 
 LOCK = ".lock"
@@ -224,8 +224,6 @@ class Writer:
     # ----------------------------------------------------------------------------------------- finish
     def finish(self, statuses) -> tuple[Any, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
         """(metrics frame, iterates, other arrays); with a run directory, also metrics.parquet and status.json."""
-        from .records import metrics_frame
-
         metrics = metrics_frame([clean(r) for r in self.rows])
         iterates = {m: self.arrays[m][ITERATE] for m in self.methods if ITERATE in self.arrays[m]}
         aux = {m: {k: v for k, v in self.arrays[m].items() if k != ITERATE} for m in self.methods}

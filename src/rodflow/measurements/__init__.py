@@ -53,7 +53,7 @@ def check(problem: Problem, specs: Mapping[str, Mapping[str, Any]]) -> dict[str,
                            "{'hessian_trace': {'every': 10}}")
     out = {}
     for name, opts in specs.items():
-        builtin = getattr(REGISTRY.get(name), "builtin", None)
+        builtin = REGISTRY.get(name).builtin
         if builtin:
             raise RodflowError(f"measurement {name!r} is built in: {builtin}")
         if not isinstance(opts, Mapping):

@@ -33,6 +33,10 @@ class Measurement:
     timed = True
     #: measured every this many steps (0: never); set by the run from its settings
     every = 1
+    #: prefix of its state in checkpoints (None: ``measure.<name>``; the built-ins keep their older names)
+    state_key: str | None = None
+    #: for built-ins: which run settings set it (they are refused in ``measurements=``)
+    builtin: str | None = None
 
     def __init__(self, problem, seed: int):
         self.problem = problem
