@@ -188,3 +188,20 @@ def test_degenerate_problems_reach_the_tolerance_over_many_seeds():
             if not r.residual < 1e-8:
                 bad.append((seed, k, r.residual))
     assert not bad
+
+
+def test_unbounded_solution_sets_and_wide_degenerate_blocks_reach_the_tolerance():
+    """B of rank 1–2 with X's block wider than B's rank (an unbounded set of solutions: the interior point
+    drifts along it towards infinity) and a 3-dimensional block where both X and Z vanish (plain semismooth
+    Newton counts it as range(X) and solves for an indefinite X). With the polish only after the interior point,
+    4 of these 160 raised 'unbounded' or stopped at 1e-6."""
+    bad = []
+    for seed in range(40):
+        for k, d, rank, zero_z in [(4, 1, 1, 1), (4, 1, 1, 2), (4, 2, 2, 0), (5, 5, 1, 3)]:
+            rng = np.random.default_rng([seed, k, d, rank, zero_z])
+            B = random_gram(rng, k, d)
+            A, _ = planted(rng, k, B, rank, zero_z=zero_z)
+            r = solve_sdcp(A, B)
+            if not (r.residual < 1e-8 and r.method == "interior-point+newton"):
+                bad.append((seed, k, d, rank, zero_z, r.residual))
+    assert not bad

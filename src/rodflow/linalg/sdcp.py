@@ -13,10 +13,12 @@ Solver (all in ``svec`` coordinates, n = k(k+1)/2 unknowns, dense numpy):
 - ``A ⪰ 0``: X = 0 exactly (the constraint is inactive).
 - k = 1: the closed form X = max(0, −A/B).
 - otherwise a primal-dual interior-point method (HKM direction, Mehrotra predictor-corrector) on the
-  rescaled problem, followed by a few semismooth Newton steps on the natural residual (generalised Jacobian
-  of the PSD projection), which converge quadratically near a strictly complementary solution and remove the
-  √μ-sized misalignment of range(X) and range(Z) an interior-point method leaves. The result's ``residual`` is the natural residual ‖X − Π₊(X − Z)‖_F, which is zero exactly at a
-  solution (it covers X ⪰ 0, Z ⪰ 0 and ⟨X, Z⟩ = 0 at once).
+  rescaled problem, handing its iterate, once close, to a few semismooth Newton steps on the natural residual
+  (generalised Jacobian of the PSD projection, least-squares steps since B may be singular), which converge
+  quadratically near a strictly complementary solution and remove the √μ-sized misalignment of range(X) and
+  range(Z) an interior-point method leaves; near a solution that is not strictly complementary Newton runs on
+  the rank of X read off the spectrum's gap instead. The result's ``residual`` is the natural residual
+  ‖X − Π₊(X − Z)‖_F, which is zero exactly at a solution (it covers X ⪰ 0, Z ⪰ 0 and ⟨X, Z⟩ = 0 at once).
 """
 
 from __future__ import annotations
@@ -151,19 +153,25 @@ def solve_sdcp(A, B, tol: float = 1e-12, max_iter: int = 200, X0=None) -> SDCPRe
         X0 = np.asarray(X0, dtype=float)
         if X0.shape != (k, k):
             raise RodflowError(f"X0 must have shape {(k, k)}, got {X0.shape}")
-        x, _ = _polish(Ms, As, k, svec(X0) * (sm / sa), steps=8)
-        if natural_residual(smat(x, k), smat(As + Ms @ x, k)) < tol:
+        x, _ = _polish(Ms, As, k, svec(X0) * (sm / sa), steps=8, tol=tol)
+        if _residual(Ms, As, k, x) < tol:
             method, iterations = "warm-newton", 0
         else:
             x = None
     if x is None:
-        x, iterations = _interior_point(Ms, As, k, tol, max_iter)
-        x, polished = _polish(Ms, As, k, x)
+        x, iterations, polished = _interior_point(Ms, As, k, tol, max_iter)
+        if not polished:
+            x, polished = _polish(Ms, As, k, x, tol=tol)
         method = "interior-point+newton" if polished else "interior-point"
     X = smat(x, k) * (sa / sm)
     X = 0.5 * (X + X.T)
     Z = A + apply_operator(B, X)
     return SDCPResult(X, Z, natural_residual(X, Z), iterations, method)
+
+
+def _residual(M: np.ndarray, a: np.ndarray, k: int, x: np.ndarray) -> float:
+    """Natural residual of the (rescaled) svec problem at x."""
+    return natural_residual(smat(x, k), smat(a + M @ x, k))
 
 
 def _sym_kron(X: np.ndarray, Zinv: np.ndarray, basis: np.ndarray) -> np.ndarray:
@@ -180,24 +188,42 @@ def _max_step(S: np.ndarray, D: np.ndarray) -> float:
     return 1.0 if lam >= 0 else min(1.0, -1.0 / lam)
 
 
-def _interior_point(M: np.ndarray, a: np.ndarray, k: int, tol: float, max_iter: int) -> tuple[np.ndarray, int]:
+# Natural residual (of the rescaled problem, ‖A‖ = ‖B‖ = 1) below which the interior-point method hands its
+# iterate to semismooth Newton; later tries wait for a tenfold lower residual.
+_NEWTON_FROM = 1e-3
+
+
+def _interior_point(M: np.ndarray, a: np.ndarray, k: int, tol: float,
+                    max_iter: int) -> tuple[np.ndarray, int, bool]:
+    """HKM predictor-corrector; returns (x, iterations, whether x is a Newton-polished point below tol).
+
+    On a degenerate problem (singular B, non-strict complementarity) the iterates approach the solution only
+    like √μ and meet round-off (Z⁻¹ ill-conditioned) before reaching ``tol``, or, when the solution set is
+    unbounded, drift along it towards infinity. Newton from a close iterate certifies a solution (its natural
+    residual is below ``tol``) long before either, so it is tried as soon as the residual is small.
+    """
     n = a.size
     basis = smat(np.eye(n), k)  # (n, k, k)
     ident = svec(np.eye(k))
     x = ident.copy()
     z = ident.copy()
     best_x, best_res = x, math.inf
+    newton_below = _NEWTON_FROM
     it = 0
     for it in range(1, max_iter + 1):
         Xm, Zm = smat(x, k), smat(z, k)
         rp = z - a - M @ x
         mu = float(x @ z) / k
-        Zc = smat(a + M @ x, k)
-        res = natural_residual(Xm, Zc)
+        res = _residual(M, a, k, x)
         if res < best_res:
             best_x, best_res = x, res
         if res < tol:
             break
+        if res < newton_below:
+            newton_below = 0.1 * res
+            xp, _ = _polish(M, a, k, x, tol=tol)
+            if _residual(M, a, k, xp) < tol:
+                return xp, it, True
         if not np.isfinite(x).all() or np.abs(x).max() > 1e12:
             raise RodflowError(
                 "the SDCP looks unbounded (X grows without limit): B is singular along a direction that lowers "
@@ -233,15 +259,22 @@ def _interior_point(M: np.ndarray, a: np.ndarray, k: int, tol: float, max_iter: 
         tau = 0.99
         x = x + tau * alpha * dx
         z = z + tau * alpha * dz
-    return best_x, it
+    return best_x, it, False
 
 
-def _projection_jacobian(S: np.ndarray, basis: np.ndarray) -> np.ndarray:
-    """svec matrix of an element of the generalised Jacobian of Π₊ at S (the Löwner divided differences)."""
+def _spectral_part(S: np.ndarray, cut: float = 0.0) -> np.ndarray:
+    """The part of S on its eigenvalues above ``cut``: Π₊(S) for cut = 0."""
+    vals, vecs = np.linalg.eigh(0.5 * (S + S.T))
+    return (vecs * np.where(vals > cut, vals, 0.0)) @ vecs.T
+
+
+def _projection_jacobian(S: np.ndarray, basis: np.ndarray, cut: float = 0.0) -> np.ndarray:
+    """svec matrix of an element of the generalised Jacobian of ``_spectral_part(·, cut)`` at S (the Löwner
+    divided differences); for cut = 0 that of Π₊."""
     lam, P = np.linalg.eigh(0.5 * (S + S.T))
-    plus = np.maximum(lam, 0.0)
+    plus = np.where(lam > cut, lam, 0.0)
     diff = lam[:, None] - lam[None, :]
-    pos = (lam[:, None] > 0) & (lam[None, :] > 0)
+    pos = (lam[:, None] > cut) & (lam[None, :] > cut)
     with np.errstate(divide="ignore", invalid="ignore"):
         omega = np.where(np.abs(diff) > 1e-14 * max(1.0, np.abs(lam).max()),
                          (plus[:, None] - plus[None, :]) / diff, pos.astype(float))
@@ -249,37 +282,66 @@ def _projection_jacobian(S: np.ndarray, basis: np.ndarray) -> np.ndarray:
     return svec(D).T
 
 
-def _polish(M: np.ndarray, a: np.ndarray, k: int, x: np.ndarray, steps: int = 6) -> tuple[np.ndarray, bool]:
-    """Semismooth Newton on F(x) = x − Π₊(x − a − M x) from the interior-point solution.
+def _face_cut(W: np.ndarray) -> float | None:
+    """A cut in the largest gap of W's positive eigenvalues (W = X − Z), or None with fewer than two.
 
-    Near a strictly complementary solution this converges quadratically, removing the √μ-sized misalignment
-    of the ranges of X and Z an interior-point method leaves. The best point of the iteration is kept.
+    Where both X and Z vanish (non-strict complementarity) W has eigenvalues near zero of either sign, and
+    the plain semismooth Newton, which counts the positive ones as part of range(X), solves for an X that is
+    indefinite there. The largest gap separates range(X) from those directions.
     """
+    p = np.sort(np.linalg.eigvalsh(W))[::-1]
+    p = p[p > 0]
+    if p.size < 2:
+        return None
+    r = int(np.argmax(p[:-1] / p[1:]))
+    return float(math.sqrt(p[r] * p[r + 1]))
+
+
+def _newton(M: np.ndarray, a: np.ndarray, k: int, x: np.ndarray, steps: int,
+            cut: float) -> tuple[np.ndarray, float]:
+    """Semismooth Newton on F(x) = x − Π(x − a − M x), Π = ``_spectral_part(·, cut)``; the best point seen
+    and its natural residual (the residual of the true problem, whatever the cut)."""
     n = x.size
     basis = smat(np.eye(n), k)
     ident = np.eye(n)
 
-    def F(v):
-        return v - svec(psd_part(smat(v - a - M @ v, k)))
+    def F(v, c):
+        return v - svec(_spectral_part(smat(v - a - M @ v, k), c))
 
-    f = F(x)
-    best_x, best = x, float(np.linalg.norm(f))
-    r0 = best
+    best_x, best = x, float(np.linalg.norm(F(x, 0.0)))
     for _ in range(steps):
         if best < 1e-15:
             break
-        J = ident - _projection_jacobian(smat(x - a - M @ x, k), basis) @ (ident - M)
+        J = ident - _projection_jacobian(smat(x - a - M @ x, k), basis, cut) @ (ident - M)
         # least squares with a cut-off: on degenerate problems (singular B, non-strict complementarity) J is
         # singular and a plain solve's huge components ruined the step; a full step that does not lower ‖F‖ at
         # once is still taken (the semismooth residual is not monotone), the best point seen is returned
-        step = np.linalg.lstsq(J, -f, rcond=1e-12)[0]
+        step = np.linalg.lstsq(J, -F(x, cut), rcond=1e-12)[0]
         x = x + step
         if not np.isfinite(x).all():
             break
-        f = F(x)
-        r = float(np.linalg.norm(f))
+        r = float(np.linalg.norm(F(x, 0.0)))
         if r < best:
             best_x, best = x, r
-    x, improved = best_x, best < r0
+    return best_x, best
+
+
+def _polish(M: np.ndarray, a: np.ndarray, k: int, x: np.ndarray, steps: int = 6,
+            tol: float = 0.0) -> tuple[np.ndarray, bool]:
+    """Semismooth Newton from x (e.g. the interior-point solution); the polished x and whether it improved.
+
+    Near a strictly complementary solution this converges quadratically, removing the √μ-sized misalignment
+    of the ranges of X and Z an interior-point method leaves. If it does not reach ``tol``, Newton is run
+    again on the rank of X guessed from the spectrum's gap (``_face_cut``), which is smooth near a solution
+    that is not strictly complementary. The best point of both is kept.
+    """
+    r0 = _residual(M, a, k, x)
+    best_x, best = _newton(M, a, k, x, steps, 0.0)
+    if not best < tol:
+        cut = _face_cut(smat(x - a - M @ x, k))
+        if cut is not None:
+            face_x, face = _newton(M, a, k, x, steps, cut)
+            if face < best:
+                best_x, best = face_x, face
     # the final X must be PSD exactly: drop the (round-off sized) negative part
-    return svec(psd_part(smat(x, k))), improved
+    return svec(psd_part(smat(best_x, k))), best < r0
