@@ -24,7 +24,7 @@ def test_simulate_with_a_config_equals_simulate_with_keywords(tmp_path):
     assert c.config["steps"] == 5 and len(c.method("gd")) == 6
     # config.json holds every field and reads back as the checked config
     record = json.loads((tmp_path / "a" / "config.json").read_text())
-    assert set(RunConfig.fields()) - {"gfs_options", "measurements"} <= set(record)  # those two: when given
+    assert set(RunConfig.fields()) - {"gfs_options", "measurements", "optimizer_options"} <= set(record)  # when given
     assert RunConfig.from_json(record) == cfg.checked(p)
 
 

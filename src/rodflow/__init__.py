@@ -10,7 +10,7 @@ _os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
 
 __version__ = "0.1.0"
 
-from . import problems, processes  # noqa: E402
+from . import optimizers, problems, processes  # noqa: E402
 from .errors import RodflowError, RodflowWarning  # noqa: E402
 from .problem import Problem  # noqa: E402
 from .records import Result, load  # noqa: E402

@@ -29,6 +29,10 @@ def run(
         None, help="cpu, cuda, cuda:N, mps or auto (default cpu; with --resume: the run's own device)"),
     seed: int = typer.Option(0),
     opt: Optional[List[str]] = typer.Option(None, "--opt", help="method option method.key=value (repeatable)"),
+    optimizer: Optional[str] = typer.Option(
+        None, help="update rule of GD and every flow: gd, momentum, nesterov, rmsprop, adam, nadam (default gd)"),
+    optimizer_opt: Optional[List[str]] = typer.Option(
+        None, "--optimizer-opt", help="optimizer option key=value, e.g. beta1=0.9 (repeatable)"),
     iterates: str = typer.Option("full", help="record iterates: full, none, or an integer k (random projection)"),
     checkpoint_every: Optional[int] = typer.Option(None, help="checkpoint every N steps (default: every 30 s)"),
     threads: int = typer.Option(1, help="intra-op threads (torch and BLAS)"),
@@ -48,7 +52,8 @@ def run(
         _check_out(out or Path("runs") / problem, overwrite)
     if resume is not None:
         given = [flag for flag, value in (("--problem", problem), ("--lr", lr), ("--steps", steps), ("--param", param),
-                                          ("--opt", opt), ("--out", out)) if value not in (None, [], ())]
+                                          ("--opt", opt), ("--out", out), ("--optimizer", optimizer),
+                                          ("--optimizer-opt", optimizer_opt)) if value not in (None, [], ())]
         if given:
             raise RodflowError(f"--resume continues the run as configured in {resume}/config.json; drop "
                                f"{', '.join(given)} (to change the run, start a new one)")
@@ -73,7 +78,8 @@ def run(
             result = rodflow.simulate(
                 prob, lr=lr, steps=1000 if steps is None else steps, methods=methods, reference=reference,
                 sharpness_every=sharpness_every, neigs=neigs, record_iterates=record, dtype=dtype, seed=seed,
-                options=parse_options(opt),
+                options=parse_options(opt), optimizer=optimizer or "gd",
+                optimizer_options=parse_pairs(optimizer_opt, "--optimizer-opt"),
                 out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
                 gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
                 measurements=parse_options(measure, "--measure", "a measurement: name.option=value, e.g. "

@@ -24,7 +24,8 @@ class RunConfig:
     """The settings of one run (the problem is separate: it is an object, stored in config.json as its spec).
 
     lr, steps: GD's step size and the number of GD steps. methods: GD and the flows (``rodflow methods``);
-    options: per-method options. reference: the process every method's distances (``dist_gd``, ``dist_gd_mid``)
+    options: per-method options. optimizer/optimizer_options: the update rule that drives GD and every flow
+    (``rodflow.optimizers``: gd, momentum, nesterov, rmsprop, adam, nadam). reference: the process every method's distances (``dist_gd``, ``dist_gd_mid``)
     are measured to (default GD; its row is first). sharpness_every/neigs/eig_tol: the top ``neigs`` Hessian eigenvalues every N
     steps (0: never). gfs_every/gfs_options: the GFS sharpness every N steps. measurements: further
     measurements by name with their options (``rodflow.measurements``; e.g. ``{"hessian_trace": {"every": 10}}``).
@@ -38,6 +39,8 @@ class RunConfig:
     steps: int
     methods: tuple[str, ...] = DEFAULT_METHODS
     options: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    optimizer: str = "gd"
+    optimizer_options: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     reference: str = "gd"
     sharpness_every: int = 1
     neigs: int = 1
@@ -113,7 +116,18 @@ class RunConfig:
         for m, opts in options.items():
             if m not in methods:
                 raise RodflowError(f"options given for {m!r}, which is not among the methods {', '.join(methods)}")
-            processes.make(m, problem, lr, **opts)  # validates option names and values
+        moved = [k for k in ("optimizer", "optimizer_params") if k in options.get("gd", {})]
+        if moved:
+            raise RodflowError(f"gd.{moved[0]} is now the run's optimizer, for GD and every flow: use --optimizer "
+                               "NAME --optimizer-opt KEY=VALUE (simulate(optimizer=..., optimizer_options={...}))")
+        from . import optimizers
+
+        if not isinstance(self.optimizer_options or {}, Mapping):
+            raise RodflowError("optimizer_options must map an option to its value, e.g. {'beta1': 0.9}")
+        optimizer_options = dict(self.optimizer_options or {})
+        rule = optimizers.make(self.optimizer, **optimizer_options)
+        for m in methods:  # validates option names and values, and that each method models the optimizer
+            processes.make(m, problem, lr, optimizer=rule, **options.get(m, {}))
         gfs_options = dict(self.gfs_options or {})
         if gfs_options:
             from .gfs import gfs_options as check_gfs_options
@@ -128,6 +142,7 @@ class RunConfig:
         device = problem.device if self.device is None else resolve_device(self.device)
         return dataclasses.replace(
             self, lr=lr, steps=steps, methods=tuple(methods), options=options, reference=reference,
+            optimizer=rule.name, optimizer_options=optimizer_options,
             sharpness_every=count("sharpness_every", self.sharpness_every, minimum=0),
             neigs=neigs,
             eig_tol=None if self.eig_tol is None else positive_float("eig_tol", self.eig_tol),
@@ -154,7 +169,7 @@ class RunConfig:
         for f in self.fields():
             value = getattr(self, f)
             out[f] = list(value) if f == "methods" else value
-        for key in ("gfs_options", "measurements"):
+        for key in ("gfs_options", "measurements", "optimizer_options"):
             if not out[key]:
                 del out[key]  # as config.json always had gfs_options: only when given
         out["environment"] = environment()

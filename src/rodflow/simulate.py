@@ -53,6 +53,8 @@ def simulate(
     config: RunConfig | None = None,
     measurements: dict[str, dict[str, Any]] | None = None,
     reference: str | None = None,
+    optimizer: str | None = None,
+    optimizer_options: dict[str, Any] | None = None,
 ) -> Result:
     """Run ``methods`` on ``problem`` with learning rate ``lr`` for ``steps`` GD steps.
 
@@ -63,7 +65,10 @@ def simulate(
     ``sharpness_every=N`` computes the top ``neigs`` Hessian eigenvalues at every method's point every N
     steps (0: never). ``record_iterates`` is True (full iterates), False (none) or an integer k (a fixed
     Gaussian random projection to k dimensions, for large models; distances to GD are always exact).
-    ``options`` maps a method to its options (``rodflow.processes.options(name)`` lists them). With ``out``,
+    ``options`` maps a method to its options (``rodflow.processes.options(name)`` lists them).
+    ``optimizer`` ("gd", "momentum", "nesterov", "rmsprop", "adam", "nadam"; ``rodflow.optimizers``) with
+    ``optimizer_options`` (e.g. ``{"beta1": 0.9}``) is the update rule of GD *and* of every flow: gradient flow
+    becomes its stable flow, rod flow the rod of its map (central flow models plain GD only, so far). With ``out``,
     a run directory is written as the run goes (see ``rodflow.records``). ``progress=None`` shows a bar
     when stderr is a terminal. ``gfs_every=N`` records the GFS sharpness φ (``rodflow.gfs``) of every method's
     point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...;
@@ -81,7 +86,8 @@ def simulate(
                                    options=options, checkpoint_every=checkpoint_every,
                                    checkpoint_seconds=checkpoint_seconds, eig_tol=eig_tol,
                                    diverge_factor=diverge_factor, gfs_every=gfs_every, gfs_options=gfs_options,
-                                   measurements=measurements, device=device, reference=reference).items()
+                                   measurements=measurements, device=device, reference=reference,
+                                   optimizer=optimizer, optimizer_options=optimizer_options).items()
              if v is not None}
     if config is None:
         for required in ("lr", "steps"):
@@ -143,7 +149,11 @@ class _Run:
         self.methods: list[str] = config["methods"]
         self.steps: int = config["steps"]
         self.reference: str = config.get("reference", "gd")
-        self.stepper = Stepper(problem, self.methods, config["lr"], config["options"], config["diverge_factor"])
+        from . import optimizers
+
+        rule = optimizers.make(config.get("optimizer", "gd"), **config.get("optimizer_options", {}))
+        self.stepper = Stepper(problem, self.methods, config["lr"], config["options"], config["diverge_factor"],
+                               optimizer=rule)
         self.measures: dict[str, list[Measurement]] = {}
         for i, m in enumerate(self.methods):
             self.measures[m] = []

@@ -29,10 +29,14 @@ class Stepper:
     step."""
 
     def __init__(self, problem: Problem, methods: list[str], lr: float, options: dict[str, dict[str, Any]],
-                 diverge_factor: float):
+                 diverge_factor: float, optimizer: Any = None):
+        from . import optimizers
+
         self.problem = problem
         self.methods = list(methods)
-        self.procs = {m: processes.make(m, problem, lr, **options.get(m, {})) for m in self.methods}
+        self.rule = optimizers.make(optimizer if optimizer is not None else "gd")  # one rule drives every process
+        self.procs = {m: processes.make(m, problem, lr, optimizer=self.rule, **options.get(m, {}))
+                      for m in self.methods}
         self.status = {m: Status() for m in self.methods}
         self.active = {m: True for m in self.methods}
         self.diverge_factor = diverge_factor

@@ -31,9 +31,11 @@ from .records import write_json, write_parquet
 from .runconfig import RunConfig
 from .status import Status
 
-SIMULATE_KEYS = tuple(f for f in RunConfig.fields() if f not in ("options", "gfs_options", "measurements"))
+SIMULATE_KEYS = tuple(f for f in RunConfig.fields()
+                      if f not in ("options", "gfs_options", "measurements", "optimizer_options"))
 """RunConfig fields a sweep may set (every field; ``options`` per method as ``options.METHOD.KEY``,
-``gfs_options`` as ``gfs_options.KEY`` and ``measurements`` as ``measurements.NAME.KEY``)."""
+``gfs_options`` as ``gfs_options.KEY``, ``optimizer_options`` as ``optimizer_options.KEY`` and ``measurements``
+as ``measurements.NAME.KEY``)."""
 TOP_KEYS = ("problem", *SIMULATE_KEYS)
 ENGINES = ("local", "ray", "slurm")
 DEFAULT_CHECKPOINT_EVERY = 50
@@ -78,6 +80,8 @@ class Run:
         kw = {k: self.spec[k] for k in SIMULATE_KEYS if k in self.spec}
         if self.gfs_options():
             kw["gfs_options"] = self.gfs_options()
+        if self._under("optimizer_options"):
+            kw["optimizer_options"] = self._under("optimizer_options")
         if self.measurements():
             kw["measurements"] = self.measurements()
         kw.setdefault("checkpoint_every", DEFAULT_CHECKPOINT_EVERY)
@@ -156,12 +160,12 @@ def expand(config: dict[str, Any]) -> Sweep:
 
 
 def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
-    """Dotted keys: nested ``params``/``options``/``gfs_options`` tables become ``params.k`` /
-    ``options.method.k`` / ``gfs_options.k``."""
+    """Dotted keys: nested ``params``/``options``/``gfs_options``/``optimizer_options`` tables become ``params.k`` /
+    ``options.method.k`` / ``gfs_options.k`` / ``optimizer_options.k``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
-        if key == "gfs_options" and isinstance(value, dict):
-            out.update({f"gfs_options.{k2}": v2 for k2, v2 in value.items()})
+        if key in ("gfs_options", "optimizer_options") and isinstance(value, dict):
+            out.update({f"{key}.{k2}": v2 for k2, v2 in value.items()})
         elif key == "measurements" and isinstance(value, dict):
             for k2, v2 in value.items():
                 if not isinstance(v2, dict):
@@ -183,7 +187,8 @@ def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
 
 def _resolve_key(key: str, spec: dict[str, Any]) -> str:
     """A bare problem parameter name (``zeta``) means ``params.zeta``; anything else must be known."""
-    if key in TOP_KEYS or key.startswith(("params.", "options.", "gfs_options.", "measurements.")):
+    if key in TOP_KEYS or key.startswith(("params.", "options.", "gfs_options.", "optimizer_options.",
+                                          "measurements.")):
         if key.startswith("options.") and key.count(".") < 2:
             raise RodflowError(f"{key!r}: options are set per method, as options.METHOD.KEY")
         if key.startswith("measurements.") and key.count(".") < 2:
@@ -194,6 +199,8 @@ def _resolve_key(key: str, spec: dict[str, Any]) -> str:
         raise RodflowError("options are set per method: options.METHOD.KEY (e.g. options.gradient_flow.rtol)")
     if key == "gfs_options":
         raise RodflowError("GFS options are set one by one: gfs_options.KEY (e.g. gfs_options.tol)")
+    if key == "optimizer_options":
+        raise RodflowError("optimizer options are set one by one: optimizer_options.KEY (e.g. optimizer_options.beta1)")
     from . import problems
 
     name = spec.get("problem")

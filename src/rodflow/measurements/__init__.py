@@ -1,7 +1,8 @@
 """The measurement registry: quantities recorded at a method's point every N steps.
 
 Built in, configured by run settings (``RunConfig`` fields) rather than ``measurements=``: ``distance`` (to the
-``reference`` process), ``sharpness`` (``sharpness_every``, ``neigs``, ``eig_tol``) and ``gfs`` (``gfs_every``,
+``reference`` process), ``sharpness`` (``sharpness_every``, ``neigs``, ``eig_tol``), ``preconditioned_sharpness``
+(``optimizer`` with a preconditioner, at ``sharpness_every``) and ``gfs`` (``gfs_every``,
 ``gfs_options``). A new measurement is one new module here with a ``@register("name")`` subclass of ``Measurement``, plus its
 import line below. Its options are the keyword parameters of its ``__init__`` after ``problem`` and ``seed``;
 every measurement also takes ``every`` (record every N steps). A run asks for it with
@@ -69,6 +70,11 @@ def run_specs(config: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]
     settings (a config.json record), then the ``measurements`` it asks for."""
     specs = [("distance", 1, {}),
              ("sharpness", int(config["sharpness_every"]), {"k": int(config["neigs"]), "tol": config["eig_tol"]})]
+    if int(config["sharpness_every"]) and config.get("optimizer", "gd") != "gd":
+        from ..optimizers import REGISTRY as rules
+
+        if rules.get(config["optimizer"]).preconditioned:
+            specs.append(("preconditioned_sharpness", int(config["sharpness_every"]), {"tol": config["eig_tol"]}))
     if config.get("gfs_every"):
         specs.append(("gfs", int(config["gfs_every"]),
                       {"options": {"seed": config["seed"], **config.get("gfs_options", {})}}))
@@ -79,4 +85,4 @@ def run_specs(config: Mapping[str, Any]) -> list[tuple[str, int, dict[str, Any]]
 
 
 # Measurements: one import line per module.
-from . import distance, gfs_sharpness, hessian_trace, sharpness  # noqa: E402,F401
+from . import distance, gfs_sharpness, hessian_trace, preconditioned_sharpness, sharpness  # noqa: E402,F401

@@ -14,7 +14,16 @@ from ..registry import Registry, check_params, parameters
 from .base import Observation, Process
 
 REGISTRY: Registry = Registry("method")
-register = REGISTRY.register
+
+
+def register(name: str):
+    """Class decorator: register a Process subclass under ``name`` (also its ``name`` attribute)."""
+
+    def deco(cls):
+        cls.name = name
+        return REGISTRY.register(name)(cls)
+
+    return deco
 
 
 def names() -> list[str]:
@@ -23,13 +32,18 @@ def names() -> list[str]:
 
 def options(name: str) -> dict[str, Any]:
     """Options of a process and their defaults."""
-    return parameters(REGISTRY.get(name).__init__, skip=("self", "problem", "lr"))
+    return parameters(REGISTRY.get(name).__init__, skip=SKIP)
 
 
-def make(name: str, problem: Problem, lr: float, **opts: Any) -> Process:
+SKIP = ("self", "problem", "lr", "optimizer")
+
+
+def make(name: str, problem: Problem, lr: float, optimizer: Any = None, **opts: Any) -> Process:
+    """Process ``name`` on ``problem`` with learning rate ``lr``, driven by the update rule ``optimizer`` (a
+    ``rodflow.optimizers`` rule or name; default plain GD), with its own options."""
     cls = REGISTRY.get(name)
-    check_params("method", name, cls.__init__, opts, skip=("self", "problem", "lr"))
-    return cls(problem, lr, **opts)
+    check_params("method", name, cls.__init__, opts, skip=SKIP)
+    return cls(problem, lr, optimizer=optimizer, **opts)
 
 
 # Built-in processes: one import line per module.

@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from ..errors import RodflowError
 from ..problem import Problem
 
 Tensor = torch.Tensor
@@ -44,13 +45,18 @@ class Observation:
     estimates: str = "iterate"
     references: dict[str, Tensor] = dataclasses.field(default_factory=dict)
     vectors: dict[str, np.ndarray] = dataclasses.field(default_factory=dict)
+    #: the optimizer's preconditioner P at the point (d values or one; None: the identity or not known)
+    preconditioner: Tensor | None = None
 
     def __post_init__(self):
         self.references.setdefault(self.estimates, self.point)
 
 
 class Process(abc.ABC):
-    """Base class of GD and the flows. Subclasses set ``name`` and implement the abstract methods."""
+    """Base class of GD and the flows. Subclasses set ``name`` and implement the abstract methods.
+
+    Every process is driven by the run's update rule ``self.rule`` (``rodflow.optimizers``; plain GD by default),
+    given as ``optimizer`` (a rule or its name) by ``processes.make``."""
 
     name: ClassVar[str]
     #: What ``point`` estimates: "iterate" (w_t) or "midpoint" ((w_t + w_{t+1})/2).
@@ -60,10 +66,26 @@ class Process(abc.ABC):
     #: a metrics column that is >= 1 once the process is at the edge of stability, if it has one
     edge_column: ClassVar[str | None] = None
 
-    def __init__(self, problem: Problem, lr: float, **options: Any):
+    #: the update rules (optimizer names) it models; None: every rule
+    optimizers: ClassVar[tuple[str, ...] | None] = None
+
+    def __init__(self, problem: Problem, lr: float, optimizer: Any = None, **options: Any):
+        from .. import optimizers
+
         self.problem = problem
         self.lr = float(lr)
         self.t = 0
+        self.rule = optimizers.make(optimizer if optimizer is not None else "gd")
+        if self.optimizers is not None and self.rule.name not in self.optimizers:
+            raise RodflowError(f"{self.name} models optimizer {', '.join(self.optimizers)} only, not "
+                               f"{self.rule.name!r}: drop {self.name} from the methods or use optimizer 'gd'")
+
+    def optimizer_scalars(self, state: dict[str, Tensor], step: float) -> dict[str, float]:
+        """The optimizer's stability threshold on λ_max(P⁻¹H) at this state (column ``threshold``; not recorded
+        for plain GD, whose threshold is 2/lr)."""
+        if self.rule.name == "gd":
+            return {}
+        return {"threshold": float(self.rule.threshold(state, self.lr, step))}
 
     @abc.abstractmethod
     def start(self, w0: Tensor) -> None:
@@ -110,3 +132,17 @@ def as_numpy(x: Tensor) -> np.ndarray:
 
 def as_tensor(x, dtype: torch.dtype, device: torch.device | str | None = None) -> Tensor:
     return torch.from_numpy(np.array(x)).to(device=device, dtype=dtype)
+
+
+def flatten_state(state: dict[str, Tensor], keys: tuple[str, ...]) -> Tensor:
+    """The entries ``keys`` of an optimizer state as one vector (in that order)."""
+    return torch.cat([state[k].reshape(-1) for k in keys])
+
+
+def unflatten_state(vec: Tensor, sizes: dict[str, int], keys: tuple[str, ...]) -> dict[str, Tensor]:
+    """Inverse of :func:`flatten_state` for the given entry sizes."""
+    out, i = {}, 0
+    for k in keys:
+        out[k] = vec[i:i + sizes[k]]
+        i += sizes[k]
+    return out

@@ -55,6 +55,8 @@ class CentralFlow(Process):
     """Central flow by forward Euler with the reference's SDCP, linearised one substep ahead."""
 
     estimates = "iterate"
+    # the preconditioned and momentum central flows (science.md §6) are not implemented yet
+    optimizers = ("gd",)
     #: the column counting active constraints: central flow enters the edge of stability when it is >= 1
     edge_column = "n_critical"
 
@@ -70,8 +72,9 @@ class CentralFlow(Process):
         qp_tol: float = 1e-12,
         sdcp_over: str = "critical",
         seed: int = 0,
+        optimizer=None,
     ):
-        super().__init__(problem, lr)
+        super().__init__(problem, lr, optimizer)
         if isinstance(substeps, bool) or not isinstance(substeps, (int, float)) or int(substeps) != substeps \
                 or substeps < 1:
             raise RodflowError(f"central_flow substeps must be a positive integer, got {substeps!r}")

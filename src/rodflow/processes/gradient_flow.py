@@ -1,14 +1,16 @@
-"""Gradient flow dw/dt = −η ∇L(w), integrated adaptively (time in GD steps)."""
+"""Gradient flow dw/dt = −η ∇L(w), integrated adaptively (time in GD steps); for another update rule its
+stable flow: the optimizer's continuous limit on z = (w, state) (science.md §6)."""
 
 from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .. import integrators
 from ..errors import RodflowError
-from .base import Process, as_numpy, as_tensor, nest, unnest
+from .base import Observation, Process, as_numpy, as_tensor, flatten_state, nest, unflatten_state, unnest
 from . import register
 
 DEFAULT_INTEGRATOR = "rkc"
@@ -56,44 +58,130 @@ def check_tolerances(method: str, rtol: float, atol: float, max_step: float) -> 
 class GradientFlow(Process):
     """Gradient flow by an adaptive integrator with error control (one gradient per field evaluation).
 
-    ``integrator="rkc"`` (default): Runge-Kutta-Chebyshev, whose stage count follows the stiffness η·S that it
+    ``integrator="rkc"`` (default, except for optimizers with momentum: "dopri"): Runge-Kutta-Chebyshev, whose stage count follows the stiffness η·S that it
     estimates itself, so its steps are set by accuracy; ``"dopri"``: Dormand-Prince 5(4), whose step is held
     near its stability limit 3.3/(η S) once the flow is stiff. Either way iterates are read off the dense output
     at integer times, and steps longer than one GD step are taken where the dynamics allow.
+
+    With an optimizer that has a state (momentum, RMSProp, Adam, ...) the flow is its stable flow on
+    y = (w, state): dw/dt = increment(state, ∇L(w)) (the optimizer's step at lr), d state/dt = the rule's
+    ``dstate_dt``, in the post-update convention, with the step count ``t + 1`` (carried in y, since the
+    integrators are autonomous) in bias corrections; it starts from the state after GD's first gradient. The error norm measures each state entry relative to its own size.
     """
 
-    def __init__(self, problem, lr, integrator: str = DEFAULT_INTEGRATOR, rtol: float | None = None,
-                 atol: float | None = None, max_step: float = 50.0):
-        super().__init__(problem, lr)
+    def __init__(self, problem, lr, integrator: str | None = None, rtol: float | None = None,
+                 atol: float | None = None, max_step: float = 50.0, optimizer=None):
+        super().__init__(problem, lr, optimizer)
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
-            "gradient_flow", problem.dtype, integrator, rtol, atol, max_step)
+            "gradient_flow", problem.dtype, integrator or self.rule.flow_integrator(), rtol, atol, max_step)
+        probe = torch.zeros(1, dtype=problem.dtype)
+        init = self.rule.init(probe)
+        self.keys = tuple(sorted(init))
+        if self.keys:  # the continuous dynamics must exist (e.g. beta > 0): a one-line error now, not mid-run
+            self.rule.dstate_dt(init, probe, 1.0)
+        self.d = problem.d
 
-    def _field(self, t, w):
-        return -self.lr * self.problem.grad(w)
+    def _field(self, t, y):
+        if not self.keys:
+            return -self.lr * self.problem.grad(y)
+        w, state, step = self._split(y)
+        g = self.problem.grad(w)
+        ds = self.rule.dstate_dt(state, g, step)
+        one = torch.ones(1, dtype=y.dtype, device=y.device)  # the step count advances with time
+        return torch.cat([self.rule.increment(state, g, self.lr, step), flatten_state(ds, self.keys), one])
 
-    def _ode(self, w):
-        return integrators.make(self.integrator, self._field, w, rtol=self.rtol, atol=self.atol,
-                                max_step=self.max_step)
+    def _split(self, y):
+        """(w, optimizer state, step count) of a stateful flow's vector y = (w, state, step)."""
+        return y[: self.d], unflatten_state(y[self.d:-1], self.sizes, self.keys), float(y[-1])
+
+    def _ode(self, y):
+        norm = state_norm(self.d, self.sizes, self.keys + ("step",), self.rtol, self.atol, self.floors) \
+            if self.keys else None
+        return integrators.make(self.integrator, self._field, y, rtol=self.rtol, atol=self.atol,
+                                max_step=self.max_step, **({"norm": norm} if norm else {}))
 
     def start(self, w0):
         self.t = 0
-        self.w = w0.clone()
-        self.ode = self._ode(self.w)
+        if self.keys:
+            _, g0 = self.problem.loss_grad(w0)
+            state = self.rule.flow_start(w0, g0)
+            self.sizes = {k: state[k].numel() for k in self.keys}
+            state["step"] = torch.ones(1, dtype=w0.dtype, device=w0.device)  # the first step's count, at t = 0
+            self.sizes["step"] = 1
+            self.y = torch.cat([w0, flatten_state(state, self.keys + ("step",))])
+            self.floors = entry_floors(self.y, self.d, [self.sizes[k] for k in self.keys + ("step",)], self.atol)
+        else:
+            self.sizes = {}
+            self.y = w0.clone()
+        self.ode = self._ode(self.y)
 
     def advance(self):
         self.t += 1
-        self.w = self.ode.advance_to(float(self.t))
+        self.y = self.ode.advance_to(float(self.t))
+
+    @property
+    def w(self):
+        return self.y[: self.d]
 
     def point(self):
         return self.w
 
+    def observe(self) -> Observation:
+        obs = super().observe()
+        if self.keys:
+            _, state, step = self._split(self.y)
+            obs.scalars.update(self.optimizer_scalars(state, step))
+            obs.preconditioner = self.rule.preconditioner(state, step)
+        return obs
+
     def state_dict(self):
-        state = {"t": self.t, "w": as_numpy(self.w)}
+        state = {"t": self.t, "w": as_numpy(self.y)}  # w and the optimizer state (when it has one)
+        if self.keys:
+            state["floors"] = np.array(self.floors)
         state.update(nest("ode", self.ode.state_dict()))
         return state
 
     def load_state_dict(self, state):
         self.t = int(state["t"])
-        self.w = as_tensor(state["w"], self.problem.dtype, self.problem.device)
-        self.ode = self._ode(self.w)  # then every field of the integrator is replaced:
+        self.y = as_tensor(state["w"], self.problem.dtype, self.problem.device)
+        if self.keys:
+            sizes = {k: v.numel() for k, v in self.rule.init(self.y[: self.d]).items()}
+            self.sizes = {k: sizes[k] for k in self.keys}
+            self.sizes["step"] = 1
+            self.floors = [float(x) for x in state["floors"]]
+        else:
+            self.sizes = {}
+        self.ode = self._ode(self.y)  # then every field of the integrator is replaced:
         self.ode.load_state_dict(unnest("ode", state))
+
+
+def entry_floors(y0: torch.Tensor, start: int, sizes: list[int], atol: float) -> list[float]:
+    """Absolute error floors of state entries laid out from ``start`` in y0: atol times each entry's rms at the
+    start of the flow (moments live on the scale of g and g², not of w, so w's atol cannot serve them)."""
+    out, i = [], start
+    for n in sizes:
+        out.append(atol * float(y0[i:i + n].square().mean().sqrt()))
+        i += n
+    return out
+
+
+def state_norm(d: int, sizes: dict[str, int], keys: tuple[str, ...], rtol: float, atol: float,
+               floors: list[float]):
+    """Error norm of y = (w, optimizer state): w by the mixed rtol/atol norm; each state entry by
+    rtol · max(|y_i|, rms of the entry) + its floor (``entry_floors``)."""
+    bounds, i = [], d
+    for k in keys:
+        bounds.append((i, i + sizes[k]))
+        i += sizes[k]
+
+    def norm(x, y0, y1):
+        tiny = torch.finfo(y0.dtype).tiny
+        ymax = torch.maximum(y0.abs(), y1.abs())
+        scales = torch.empty_like(ymax)
+        scales[:d] = atol + rtol * ymax[:d]
+        for (a, b), floor in zip(bounds, floors):
+            block = ymax[a:b]
+            scales[a:b] = rtol * torch.maximum(block, block.square().mean().sqrt()) + floor + tiny
+        return float(torch.sqrt(torch.mean((x / scales) ** 2)))
+
+    return norm

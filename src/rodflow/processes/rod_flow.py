@@ -26,12 +26,13 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 
 from .. import integrators
 from ..errors import RodflowError
-from .base import Observation, Process, as_numpy, as_tensor, nest, unnest
-from .gradient_flow import DEFAULT_INTEGRATOR, _number, integration_options
+from .base import Observation, Process, as_numpy, as_tensor, flatten_state, nest, unflatten_state, unnest
+from .gradient_flow import _number, entry_floors, integration_options
 from . import register
 
 SEEDS = ("precision", "none")
@@ -57,6 +58,40 @@ def rod_norm(d: int, rtol: float, atol: float, rod_rtol: float):
     return norm
 
 
+def map_rod_norm(d: int, rod_sizes: list[int], aux_sizes: list[int], rtol: float, atol: float, rod_rtol: float,
+                 floors: list[float]):
+    """Error norm of a rod of an optimizer's map, y = (x, δ, aux) with x = (w, rod state entries): w by the mixed
+    rtol/atol norm, each state and aux entry relative to its own size (rtol · max(|y_i|, rms of the entry)) plus
+    its floor (``gradient_flow.entry_floors``: rod entries first, then aux), δ relative to the rod length (as
+    :func:`rod_norm`)."""
+    n_rod = d + sum(rod_sizes)
+
+    def blocks(start, sizes):
+        out = []
+        for n in sizes:
+            out.append((start, start + n))
+            start += n
+        return out
+
+    state_blocks = blocks(d, rod_sizes) + blocks(2 * n_rod, aux_sizes)
+
+    def norm(err, y0, y1):
+        eps, tiny = torch.finfo(y0.dtype).eps, torch.finfo(y0.dtype).tiny
+        ymax = torch.maximum(y0.abs(), y1.abs())
+        xmax = ymax[:n_rod]
+        scales = torch.empty_like(ymax)
+        scales[:d] = atol + rtol * xmax[:d]
+        for (a, b), floor in zip(state_blocks, floors):
+            block = ymax[a:b]
+            scales[a:b] = rtol * torch.maximum(block, block.square().mean().sqrt()) + floor + tiny
+        d0, d1 = y0[n_rod:2 * n_rod], y1[n_rod:2 * n_rod]
+        rod = torch.maximum(d0.square().mean().sqrt(), d1.square().mean().sqrt())
+        scales[n_rod:2 * n_rod] = rod_rtol * torch.maximum(torch.maximum(d0.abs(), d1.abs()), rod) + eps * xmax + tiny
+        return float(torch.sqrt(torch.mean((err / scales) ** 2)))
+
+    return norm
+
+
 def ulp(a: torch.Tensor) -> torch.Tensor:
     """Unit in the last place of each entry of ``a`` (0 where a = 0) in a's dtype."""
     _, e = torch.frexp(a)  # a = m 2^e, 0.5 <= |m| < 1
@@ -78,7 +113,8 @@ def rounding_variance(c: torch.Tensor, delta: torch.Tensor, step: torch.Tensor) 
 class RodFlow(Process):
     """Rod flow: centre c and half-vector δ of a rod whose ends model two consecutive GD iterates.
 
-    Options: ``integrator`` ("rkc", default: Runge-Kutta-Chebyshev; "dopri": Dormand-Prince 5(4)) and its
+    Options: ``integrator`` ("rkc", default: Runge-Kutta-Chebyshev; "dopri": Dormand-Prince 5(4), the default
+    for optimizers with momentum) and its
     rtol/atol/max_step, with ``rod_rtol`` for δ relative to the rod length; ``correction`` adds the backward-error
     correction of the centre (two HVPs per call); ``seed`` = "precision" models the per-step rounding of GD
     that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation), "none" turns it off;
@@ -95,7 +131,7 @@ class RodFlow(Process):
         self,
         problem,
         lr,
-        integrator: str = DEFAULT_INTEGRATOR,
+        integrator: str | None = None,
         rtol: float | None = None,
         atol: float | None = None,
         rod_rtol: float | None = None,
@@ -105,10 +141,11 @@ class RodFlow(Process):
         seed_scale: float = 1.0,
         rate: str = "linear",
         max_decay: float = 4.0,
+        optimizer=None,
     ):
-        super().__init__(problem, lr)
+        super().__init__(problem, lr, optimizer)
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
-            "rod_flow", problem.dtype, integrator, rtol, atol, max_step)
+            "rod_flow", problem.dtype, integrator or self.rule.flow_integrator(), rtol, atol, max_step)
         self.rod_rtol = DEFAULT_ROD_RTOL[self.integrator] if rod_rtol is None else rod_rtol
         if not (_number(self.rod_rtol) and math.isfinite(self.rod_rtol) and self.rod_rtol > 0):
             raise RodflowError(f"rod_flow rod_rtol must be a finite number > 0, got {rod_rtol!r}")
@@ -129,6 +166,13 @@ class RodFlow(Process):
             raise RodflowError(f"rod_flow max_decay must be a finite number > 0, got {max_decay!r}")
         self.max_decay = float(max_decay)
         self.d = problem.d
+        self.keys = tuple(sorted(self.rule.init(torch.zeros(1, dtype=problem.dtype))))
+        if self.keys:
+            if rate != "linear" or correction:
+                raise RodflowError(f"rod_flow rate={rate!r} and correction=true model plain GD; with optimizer "
+                                   f"{self.rule.name!r} use rate='linear' and correction=false")
+            self.rod_keys = tuple(k for k in self.keys if k not in self.rule.smooth)
+            self.aux_keys = tuple(k for k in self.keys if k in self.rule.smooth) + ("step",)
 
     # ------------------------------------------------------------------------------------------- the ODE
     def field(self, t: float, y: torch.Tensor) -> torch.Tensor:
@@ -174,7 +218,84 @@ class RodFlow(Process):
         rate = math.log(gap) if gap > 0 else -math.inf
         return max(rate, -self.max_decay) - (x - 2.0)
 
+    # ------------------------------------------------------------ any update rule: the rod of its map F
+    def _sizes(self, w: torch.Tensor) -> None:
+        init = self.rule.init(w)
+        self.sizes = {k: init[k].numel() for k in self.keys}
+        self.sizes["step"] = 1
+        self.n_rod = self.d + sum(self.sizes[k] for k in self.rod_keys)
+
+    def _split_map(self, y):
+        """(x, δ, aux) of y = (x, δ, aux): x = (w, non-smooth state) the rod's centre, δ its half-vector, aux
+        the smooth state entries and the step count."""
+        n = self.n_rod
+        return y[:n], y[n:2 * n], y[2 * n:]
+
+    def _end_state(self, x, aux):
+        """(w, optimizer state, step) at one end of the rod, or its centre."""
+        state = unflatten_state(x[self.d:], self.sizes, self.rod_keys)
+        extra = unflatten_state(aux, self.sizes, self.aux_keys)
+        step = float(extra.pop("step"))
+        state.update(extra)
+        return x[: self.d], state, step
+
+    def _phi(self, x, aux):
+        """Φ = F(z) − z at one end: (Φ of the rod part, Φ of the smooth part, the step F took)."""
+        w, state, step = self._end_state(x, aux)
+        g = self.problem.grad(w)
+        new = self.rule.update_state(state, g, step)
+        inc = self.rule.increment(new, g, self.lr, step)
+        rod = [inc] + [new[k].reshape(-1) - state[k].reshape(-1) for k in self.rod_keys]
+        smooth = [new[k].reshape(-1) - state[k].reshape(-1) for k in self.aux_keys[:-1]]
+        return torch.cat(rod), smooth
+
+    def _map_field(self, t: float, y: torch.Tensor) -> torch.Tensor:
+        """The generic rod of a map (science.md §6): with Φ = F − id at the ends z̄ ± δ,
+        dz̄/dt = ½(Φ₊ + Φ₋), dδ/dt = −½(Φ₊ − Φ₋) − 2δ; the smooth entries (no half-vector) follow ½(Φ₊ + Φ₋),
+        the step count dt. Two gradient evaluations per call, as for plain GD."""
+        x, delta, aux = self._split_map(y)
+        n = float(delta.norm())
+        s = 1.0
+        if n > 0:  # a rod below the resolution of its ends: evaluate at x ± sδ (see ``field``)
+            floor = math.sqrt(torch.finfo(y.dtype).eps) * max(float(x.abs().max()), 1e-300)
+            s = max(1.0, floor / n)
+        pp, sp = self._phi(x + s * delta, aux)
+        pm, sm = self._phi(x - s * delta, aux)
+        dx = 0.5 * (pp + pm)
+        dd = -0.5 * (pp - pm) / s - 2.0 * delta
+        if self.seed == "precision" and self.seed_scale > 0:
+            n2 = delta.square().sum()
+            if n2 > 0:
+                sigma2 = self.seed_scale**2 * rounding_variance(x, delta, torch.maximum(pp.abs(), pm.abs()))
+                dd = dd + (sigma2 / (2.0 * n2)) * delta
+        da = [0.5 * (a + b) for a, b in zip(sp, sm)]
+        one = torch.ones(1, dtype=y.dtype, device=y.device)
+        return torch.cat([dx, dd, *da, one])
+
+    def _start_map(self, w0):
+        """z₀ = (w₀, the rule's initial state), z₁ = F(z₀): centre (z₀ + z₁)/2, half-vector (z₁ − z₀)/2; the smooth
+        entries start at their average, the step count at 1.5 (the rod's ends take steps t + 1 and t + 2)."""
+        self._sizes(w0)
+        s0 = self.rule.init(w0)
+        _, g0 = self.problem.loss_grad(w0)
+        w1, s1 = self.rule.step(w0, s0, g0, self.lr, 1.0)
+        z0 = torch.cat([w0, flatten_state(s0, self.rod_keys)]) if self.rod_keys else w0
+        z1 = torch.cat([w1, flatten_state(s1, self.rod_keys)]) if self.rod_keys else w1
+        smooth = [0.5 * (s0[k].reshape(-1) + s1[k].reshape(-1)) for k in self.aux_keys[:-1]]
+        step = torch.full((1,), 1.5, dtype=w0.dtype, device=w0.device)
+        y = torch.cat([0.5 * (z0 + z1), 0.5 * (z1 - z0), *smooth, step])
+        n = self.n_rod
+        self.floors = entry_floors(y, self.d, [self.sizes[k] for k in self.rod_keys], self.atol) + \
+            entry_floors(y, 2 * n, [self.sizes[k] for k in self.aux_keys], self.atol)
+        return y
+
     def _integrator(self, y0: torch.Tensor, t0: float = 0.0):
+        if self.keys:
+            norm = map_rod_norm(self.d, [self.sizes[k] for k in self.rod_keys],
+                                [self.sizes[k] for k in self.aux_keys], self.rtol, self.atol, self.rod_rtol,
+                                self.floors)
+            return integrators.make(self.integrator, self._map_field, y0, rtol=self.rtol, atol=self.atol,
+                                    norm=norm, max_step=self.max_step, t0=t0)
         norm = rod_norm(self.d, self.rtol, self.atol, self.rod_rtol)
         return integrators.make(self.integrator, self.field, y0, rtol=self.rtol, atol=self.atol, norm=norm,
                                 max_step=self.max_step, t0=t0)
@@ -182,13 +303,19 @@ class RodFlow(Process):
     # -------------------------------------------------------------------------------------- the process
     def start(self, w0):
         self.t = 0
+        if self.keys:
+            self.y = self._start_map(w0)
+            self.ode = self._integrator(self.y)
+            return
         _, g0 = self.problem.loss_grad(w0)
         w1 = w0 - self.lr * g0
         self.y = torch.cat([0.5 * (w0 + w1), 0.5 * (w1 - w0)])
         self.ode = self._integrator(self.y)
 
     def start_state(self, c: torch.Tensor, delta: torch.Tensor) -> None:
-        """Start from an explicit rod (c, δ) instead of GD's first step (theory checks)."""
+        """Start from an explicit rod (c, δ) instead of GD's first step (theory checks; plain GD)."""
+        if self.keys:
+            raise RodflowError("rod_flow.start_state takes a rod of plain GD; start other optimizers with start(w0)")
         self.t = 0
         self.y = torch.cat([c, delta]).to(self.problem.dtype)
         self.ode = self._integrator(self.y)
@@ -203,6 +330,9 @@ class RodFlow(Process):
 
     @property
     def delta(self) -> torch.Tensor:
+        """The half-vector in parameter space."""
+        if self.keys:
+            return self.y[self.n_rod: self.n_rod + self.d]
         return self.y[self.d :]
 
     def point(self):
@@ -217,6 +347,12 @@ class RodFlow(Process):
         n2 = float(delta.square().sum())
         secant = float((gp - gm) @ delta) / (2.0 * n2) if n2 > 0 else math.nan
         sign = -1.0 if self.t % 2 else 1.0  # (−1)^t
+        extra, precond = {}, None
+        if self.keys:  # the optimizer's threshold and preconditioner for the step from the centre
+            x, _, aux = self._split_map(self.y)
+            w, state, step = self._end_state(x, aux)
+            new = self.rule.update_state(state, g, step)
+            extra, precond = self.optimizer_scalars(new, step), self.rule.preconditioner(new, step)
         return Observation(
             c,
             {
@@ -229,18 +365,25 @@ class RodFlow(Process):
                 "secant_sharpness": secant,
                 "ode_nfev": float(self.ode.nfev),
                 "ode_naccept": float(self.ode.naccept),
+                **extra,
             },
             estimates="midpoint", references={"midpoint": c, "iterate": c - sign * delta},
             vectors={"delta": as_numpy(delta), "end_iterate": as_numpy(c - sign * delta)},
+            preconditioner=precond,
         )
 
     def state_dict(self):
         state = {"t": self.t, "y": as_numpy(self.y)}
+        if self.keys:
+            state["floors"] = np.array(self.floors)
         state.update(nest("ode", self.ode.state_dict()))
         return state
 
     def load_state_dict(self, state):
         self.t = int(state["t"])
         self.y = as_tensor(state["y"], self.problem.dtype, self.problem.device)
+        if self.keys:
+            self._sizes(self.y[: self.d])
+            self.floors = [float(x) for x in state["floors"]]
         self.ode = self._integrator(self.y)  # then every field of the integrator is replaced:
         self.ode.load_state_dict(unnest("ode", state))

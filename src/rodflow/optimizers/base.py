@@ -1,0 +1,133 @@
+"""The update-rule interface: one optimizer drives GD and every flow (science.md §6).
+
+An update rule acts on the joint state ``z = (w, state)``. ``state`` is a dict of tensors (``d`` values, or one
+value for a scalar); ``step`` counts the gradients the state has taken in (1 at the first step; a real number in
+the flows, where it is ``t + 1`` at time ``t``). One optimizer step from ``(w, state)`` is
+
+    g = ∇L(w);  state' = update_state(state, g, step);  w' = w + increment(state', g, lr, step)
+
+exactly as ``torch.optim`` computes it (same operations in the same order where that matters to rounding). The
+flows read the same rule as
+
+- ``dstate_dt(state, g, step)``: the state's continuous-time dynamics, written for the *post-update* state (the
+  one the step uses): an exponential average ``s' = a·s + b·f(g)`` has ``ds/dt = (b·f(g) − (1 − a)·s)/a``, which
+  takes one unit of time per step and has the discrete map's fixed point (the official central-flow code's
+  convention: RMSProp's ``dν/dt = ((1 − β₂)/β₂)(g² − ν)``);
+- ``preconditioner(state, step)``: ``P`` with ``increment ≈ −lr·P⁻¹·(momentum or g)`` (``None`` for the
+  identity), a d-vector (diagonal) or one value (scalar);
+- ``threshold(state, lr, step)``: GD's stability threshold on the preconditioned sharpness ``λ_max(P⁻¹H)`` with
+  the state frozen (a quadratic whose ``P⁻¹H`` has a larger eigenvalue makes the step diverge);
+- ``smooth``: state entries the rod flow treats as smooth auxiliary variables (second moments), without a rod
+  half-vector of their own (the follow-up paper's choice for ν).
+
+A new optimizer is one module in this package with a ``@register("name")`` subclass of :class:`UpdateRule`
+(a frozen dataclass whose fields are its options) and its import line in ``__init__``; GD, gradient flow and
+rod flow then run it (central flow says which rules it models).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, ClassVar
+
+import torch
+
+from ..errors import RodflowError
+
+Tensor = torch.Tensor
+State = dict[str, Tensor]
+
+
+class UpdateRule:
+    """Base class of the update rules (see the module docstring). Subclasses are frozen dataclasses."""
+
+    name: ClassVar[str] = "rule"
+    #: state entries that the rod flow carries as smooth auxiliary variables (no half-vector)
+    smooth: ClassVar[tuple[str, ...]] = ()
+    #: its flows oscillate (a momentum buffer gives complex eigenvalues): they default to Dormand-Prince, whose
+    #: stability region covers the imaginary axis, instead of Runge-Kutta-Chebyshev, whose region is a thin strip
+    #: around the negative real axis (measured: heavy ball on a quadratic, rkc 4x the gradients of dopri)
+    oscillatory: ClassVar[bool] = False
+    #: it has a preconditioner (runs record ``preconditioned_sharpness``)
+    preconditioned: ClassVar[bool] = False
+
+    def init(self, w: Tensor) -> State:
+        """The state before the first step (torch's zeros)."""
+        return {}
+
+    def update_state(self, state: State, g: Tensor, step: float) -> State:
+        return state
+
+    def increment(self, state: State, g: Tensor, lr: float, step: float) -> Tensor:
+        """w' − w from the updated state."""
+        raise NotImplementedError
+
+    def dstate_dt(self, state: State, g: Tensor, step: float) -> State:
+        return {}
+
+    def preconditioner(self, state: State, step: float) -> Tensor | None:
+        return None
+
+    def threshold(self, state: State, lr: float, step: float) -> float:
+        return 2.0 / lr
+
+    def options(self) -> dict[str, Any]:
+        import dataclasses
+
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} if dataclasses.is_dataclass(self) \
+            else {}
+
+    # ---------------------------------------------------------------------------------------- derived
+    def step(self, w: Tensor, state: State, g: Tensor, lr: float, step: float) -> tuple[Tensor, State]:
+        """(w', state') of one optimizer step at (w, state) with gradient g = ∇L(w)."""
+        new = self.update_state(state, g, step)
+        return w + self.increment(new, g, lr, step), new
+
+    def flow_integrator(self) -> str:
+        """The flows' default integrator for this rule."""
+        return "dopri" if self.oscillatory else "rkc"
+
+    def flow_start(self, w: Tensor, g: Tensor) -> State:
+        """The flows' state at time 0: the post-update state of the first step (``step`` = 1)."""
+        return self.update_state(self.init(w), g, 1.0)
+
+    def __str__(self) -> str:
+        opts = ", ".join(f"{k}={v}" for k, v in self.options().items())
+        return f"{self.name}({opts})" if opts else self.name
+
+
+# ------------------------------------------------------------------------------------------- helpers
+def ema_rate(decay: float, name: str, rule: str) -> float:
+    """1/a of an exponential average with decay a, for its post-update dynamics; a = 0 (no averaging) has none."""
+    if decay <= 0.0:
+        raise RodflowError(f"gradient_flow with optimizer {rule} needs {name} > 0: with {name} = 0 the average is "
+                           "the gradient itself and has no continuous dynamics; use a small positive value")
+    return 1.0 / decay
+
+
+def check_unit(name: str, value, rule: str, closed_low: bool = True) -> float:
+    """A hyper-parameter in [0, 1) (or (0, 1)): a one-line error otherwise."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+        and (0.0 <= value if closed_low else 0.0 < value) and value < 1.0
+    if not ok:
+        interval = "[0, 1)" if closed_low else "(0, 1)"
+        raise RodflowError(f"optimizer {rule}: {name} must be a number in {interval}, got {value!r}")
+    return float(value)
+
+
+def check_positive(name: str, value, rule: str) -> float:
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    if not ok:
+        raise RodflowError(f"optimizer {rule}: {name} must be a finite number > 0, got {value!r}")
+    return float(value)
+
+
+def check_bool(name: str, value, rule: str) -> bool:
+    if not isinstance(value, bool):
+        raise RodflowError(f"optimizer {rule}: {name} must be true or false, got {value!r}")
+    return value
+
+
+def scalar(x: float, like: Tensor) -> Tensor:
+    """A one-value state entry (scalar RMSProp's ν, NAdam's μ product) in the dtype and device of ``like``."""
+    return torch.full((1,), float(x), dtype=like.dtype, device=like.device)

@@ -1,0 +1,41 @@
+"""Heavy-ball momentum (``torch.optim.SGD(momentum=beta)``): b ← βb + g, w ← w − ηb."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+
+from . import register
+from .base import UpdateRule, check_unit, ema_rate
+
+
+@register("momentum")
+@dataclasses.dataclass(frozen=True)
+class HeavyBall(UpdateRule):
+    """b ← βb + g (b = 0 before the first step, so b₁ = g as in torch), w ← w − ηb.
+
+    Continuous dynamics of the post-update buffer: db/dt = (g − (1 − β) b)/β. Stable on a quadratic iff
+    ηλ < 2(1 + β)."""
+
+    name = "momentum"
+    oscillatory = True
+    beta: float = 0.9
+
+    def __post_init__(self):
+        object.__setattr__(self, "beta", check_unit("beta", self.beta, self.name))
+
+    def init(self, w):
+        return {"b": torch.zeros_like(w)}
+
+    def update_state(self, state, g, step):
+        return {"b": state["b"] * self.beta + g}
+
+    def increment(self, state, g, lr, step):
+        return -lr * state["b"]
+
+    def dstate_dt(self, state, g, step):
+        return {"b": (g - (1.0 - self.beta) * state["b"]) * ema_rate(self.beta, "beta", self.name)}
+
+    def threshold(self, state, lr, step):
+        return 2.0 * (1.0 + self.beta) / lr

@@ -1,0 +1,236 @@
+"""One update rule drives GD and every flow: stable flows, the rod of the optimizer's map, thresholds, resume,
+a new optimizer in a few lines, bad input."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+import rodflow
+from rodflow import optimizers, processes, problems
+from rodflow.errors import RodflowError
+from rodflow.optimizers.base import UpdateRule
+
+STATEFUL = [("momentum", {}), ("nesterov", {"beta": 0.8}), ("rmsprop", {}), ("rmsprop", {"scalar": True}),
+            ("adam", {}), ("adam", {"bias_correction": False}), ("nadam", {})]
+
+
+def _problem(d=4):
+    scales = torch.linspace(0.5, 3.0, d, dtype=torch.float64)
+
+    def loss(w):
+        return 0.5 * (scales * w * w).sum() + 0.1 * (w**4).sum()
+
+    return rodflow.Problem.from_loss(loss, torch.linspace(1.0, -0.8, d, dtype=torch.float64), name="anisotropic")
+
+
+def _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow", "rod_flow")):
+    rule = optimizers.make(name, **params)
+    procs = {m: processes.make(m, problem, lr, optimizer=rule) for m in methods}
+    for p in procs.values():
+        p.start(problem.w0)
+    for _ in range(steps):
+        for p in procs.values():
+            p.advance()
+    return procs
+
+
+@pytest.mark.parametrize("name,params", STATEFUL)
+def test_stable_flow_is_the_continuous_limit_of_the_optimizer(name, params):
+    """At a fixed horizon η·steps, the stable flow's distance to GD (relative to the path length) shrinks with η:
+    the flow is the optimizer's continuous limit, not merely close to it — down to the floor of the moments'
+    continuous convention, which does not depend on η (measured: 1e-4 for Adam without bias correction, whose
+    moments start at 0 and stay in their transient all along this horizon)."""
+    problem = _problem()
+    horizon = 1.0
+    errors = []
+    for lr in (4e-3, 2e-3):
+        steps = int(horizon / lr)
+        procs = _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow"))
+        w_gd, w_flow = procs["gd"].point(), procs["gradient_flow"].point()
+        errors.append(float((w_gd - w_flow).norm() / (w_gd - problem.w0).norm()))
+    assert errors[1] < 0.02, errors
+    assert errors[1] / errors[0] < 0.75 or errors[1] < 3e-4, errors
+
+
+def _rod_growth(name, params, lam, tau):
+    """Largest real part of the eigenvalues of ∂(dδ/dt)/∂δ for the rod of the optimizer's map on L = ½λw², at
+    the minimum with the momentum at rest and the second moment frozen at a fixed value, at step count τ."""
+    problem = rodflow.Problem.from_loss(lambda w: 0.5 * lam * (w * w).sum(), torch.zeros(1, dtype=torch.float64),
+                                        check=False)
+    rod = processes.make("rod_flow", problem, 0.1, optimizer=optimizers.make(name, **params), seed="none")
+    rod.start(torch.ones(1, dtype=torch.float64))
+    n = rod.n_rod
+    y = rod.y.clone()
+    y[: 2 * n] = 0.0  # centre at the minimum, momentum at rest, no rod
+    aux_state = y[2 * n:]
+    aux_state[:] = 1.0  # second moment 1 (P = 1 + ε), μ product 1
+    if "mu_product" in rod.aux_keys:
+        aux_state[rod.aux_keys.index("mu_product")] = 0.0  # late in a run: Π → 0
+    aux_state[-1] = tau
+    h = 1e-7
+    J = torch.zeros(n, n, dtype=torch.float64)
+    for j in range(n):
+        yp, ym = y.clone(), y.clone()
+        yp[n + j] = h
+        ym[n + j] = -h
+        J[:, j] = (rod._map_field(0.0, yp)[n:2 * n] - rod._map_field(0.0, ym)[n:2 * n]) / (2 * h)
+    rule = rod.rule
+    state = rule.init(torch.zeros(1, dtype=torch.float64))
+    state.update({k: torch.ones(1, dtype=torch.float64) for k in rule.smooth})
+    if "mu_product" in state:
+        state["mu_product"] = torch.zeros(1, dtype=torch.float64)
+    state = rule.update_state(state, torch.zeros(1, dtype=torch.float64), tau)  # the state the step uses
+    P = rule.preconditioner(state, tau)
+    P = 1.0 if P is None else float(P)
+    return float(torch.linalg.eigvals(J).real.max()), rule.threshold(state, 0.1, tau) * P
+
+
+@pytest.mark.parametrize("name,params", [("momentum", {}), ("momentum", {"beta": 0.5}),
+                                         ("nesterov", {}), ("rmsprop", {"alpha": 0.9}),
+                                         ("adam", {}), ("adam", {"beta1": 0.5}), ("nadam", {})])
+def test_rod_growth_rate_changes_sign_at_the_optimizer_threshold(name, params):
+    """The rod opens exactly where GD's step map gets a period-2 multiplier −1: at the optimizer's own
+    threshold on λ_max(P⁻¹H) (heavy ball 2(1+β)/η, Nesterov 2(1+β)/((1+2β)η), Adam (2+2β₁)/((1−β₁)η), ...)."""
+    tau = 5000.0
+    _, lam_star = _rod_growth(name, params, 1.0, tau)
+    below, _ = _rod_growth(name, params, 0.99 * lam_star, tau)
+    above, _ = _rod_growth(name, params, 1.01 * lam_star, tau)
+    assert below < 0 < above, (below, above, lam_star)
+
+
+@pytest.mark.parametrize("name,params", [("momentum", {}), ("adam", {"beta1": 0.8}), ("nadam", {})])
+def test_gd_iterates_in_simulate_equal_the_rule(name, params):
+    p = _problem()
+    r = rodflow.simulate(p, lr=0.05, steps=20, methods=("gd",), sharpness_every=0, optimizer=name,
+                         optimizer_options=params)
+    rule = optimizers.make(name, **params)
+    w, state = p.w0.clone(), rule.init(p.w0)
+    for t in range(20):
+        _, g = p.loss_grad(w)
+        w, state = rule.step(w, state, g, 0.05, t + 1)
+    np.testing.assert_array_equal(r.iterates["gd"][20], w.numpy())
+
+
+def test_adam_run_records_thresholds_and_a_converged_preconditioned_sharpness():
+    p = _problem()
+    r = rodflow.simulate(p, lr=0.02, steps=12, methods=("gd", "gradient_flow", "rod_flow"), optimizer="adam",
+                         sharpness_every=4)
+    m = r.metrics
+    assert {"threshold", "preconditioned_sharpness", "pre_eig_converged"} <= set(m.columns)
+    assert (r.summary()["status"] == "ok").all()
+    gd = m[(m.method == "gd") & (m.step == 8)].iloc[0]
+    # threshold (2 + 2β₁)(1 − β₁⁹)/((1 − β₁)η): the step from w_8 is Adam's 9th
+    assert gd.threshold == pytest.approx(3.8 * (1 - 0.9**9) / (0.1 * 0.02), rel=1e-12)
+    # λ_max(P^{-1/2} H P^{-1/2}) against a dense eigensolve with P rebuilt from the rule
+    rule = optimizers.make("adam")
+    w, state = p.w0.clone(), rule.init(p.w0)
+    for t in range(9):
+        _, g = p.loss_grad(w)
+        new = rule.update_state(state, g, t + 1)
+        if t < 8:
+            w, state = w + rule.increment(new, g, 0.02, t + 1), new
+    np.testing.assert_allclose(r.iterates["gd"][8], w.numpy(), rtol=1e-13)
+    H = torch.stack([p.hvp(w, e) for e in torch.eye(4, dtype=torch.float64)])
+    s = rule.preconditioner(new, 9).rsqrt()
+    dense = float(torch.linalg.eigvalsh(s[:, None] * H * s[None, :]).max())
+    assert gd.preconditioned_sharpness == pytest.approx(dense, rel=1e-6)
+    assert m[m.step % 4 == 0].preconditioned_sharpness.notna().all()
+
+
+def test_resume_with_optimizer_state_is_bit_identical(tmp_path, killed_at_gd_step):
+    p = problems.make("quadratic")
+    kw = dict(lr=0.05, steps=40, methods=("gd", "gradient_flow", "rod_flow"), optimizer="nadam",
+              optimizer_options={"beta1": 0.8}, sharpness_every=5)
+    full = rodflow.simulate(p, **kw)
+    with killed_at_gd_step(27):
+        rodflow.simulate(p, **kw, out=tmp_path / "run", checkpoint_every=10)
+    resumed = rodflow.resume(tmp_path / "run")
+    timing = [c for c in full.metrics.columns if c.endswith("wall_s")]
+    pd.testing.assert_frame_equal(resumed.metrics.drop(columns=timing), full.metrics.drop(columns=timing))
+    for m in full.methods:
+        np.testing.assert_array_equal(resumed.iterates[m], full.iterates[m])
+
+
+@dataclasses.dataclass(frozen=True)
+class _EMAGradient(UpdateRule):
+    """A test rule: s ← a s + (1 − a) g, w ← w − η s."""
+
+    name = "ema-gradient"
+    a: float = 0.5
+
+    def init(self, w):
+        return {"s": torch.zeros_like(w)}
+
+    def update_state(self, state, g, step):
+        return {"s": self.a * state["s"] + (1 - self.a) * g}
+
+    def increment(self, state, g, lr, step):
+        return -lr * state["s"]
+
+    def dstate_dt(self, state, g, step):
+        return {"s": (1 - self.a) * (g - state["s"]) / self.a}
+
+
+@pytest.fixture
+def ema_rule():
+    optimizers.register("ema-gradient")(_EMAGradient)
+    yield
+    optimizers.REGISTRY._items.pop("ema-gradient")
+
+
+def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
+    p = _problem()
+    r = rodflow.simulate(p, lr=0.01, steps=50, methods=("gd", "gradient_flow", "rod_flow"),
+                         optimizer="ema-gradient", optimizer_options={"a": 0.3})
+    assert (r.summary()["status"] == "ok").all()
+    w, s = p.w0.clone(), torch.zeros(4, dtype=torch.float64)
+    for _ in range(50):
+        _, g = p.loss_grad(w)
+        s = 0.3 * s + 0.7 * g
+        w = w - 0.01 * s
+    np.testing.assert_allclose(r.iterates["gd"][50], w.numpy(), rtol=1e-14)
+    m = r.metrics.set_index(["method", "step"])
+    path = float(np.linalg.norm(r.iterates["gd"][50] - p.w0.numpy()))
+    assert m.loc[("gradient_flow", 50), "dist_gd"] < 0.05 * path
+    assert m.loc[("rod_flow", 50), "dist_gd_mid"] < 0.05 * path
+
+
+@pytest.mark.parametrize("kwargs,match", [
+    (dict(optimizer="adamw"), "unknown optimizer 'adamw' \\(did you mean 'adam'\\?\\)"),
+    (dict(optimizer="adam", optimizer_options={"beta": 0.9}), "has no parameter 'beta'"),
+    (dict(optimizer="momentum", optimizer_options={"beta": 1.0}), "beta must be a number in \\[0, 1\\)"),
+    (dict(optimizer="adam", optimizer_options={"eps": 0}), "eps must be a finite number > 0"),
+    (dict(optimizer="adam", methods=("gd", "central_flow")), "central_flow models optimizer gd only"),
+    (dict(optimizer="momentum", optimizer_options={"beta": 0.0}), "gradient_flow with optimizer momentum needs beta > 0"),
+    (dict(optimizer="adam", methods=("gd", "rod_flow"), options={"rod_flow": {"rate": "gd-multiplier"}}),
+     "rate='gd-multiplier' and correction=true model plain GD"),
+    (dict(options={"gd": {"optimizer": "momentum"}}), "gd.optimizer is now the run's optimizer.*--optimizer"),
+    (dict(optimizer_options=[1]), "optimizer_options must map"),
+])
+def test_bad_optimizer_input_is_a_one_line_error_before_any_work(kwargs, match):
+    p = problems.make("quadratic")
+    before = p.counts.grad_evals
+    call = dict(lr=0.1, steps=3)
+    call.update(kwargs)
+    with pytest.raises(RodflowError, match=match) as info:
+        rodflow.simulate(p, **call)
+    assert "\n" not in str(info.value)
+    assert p.counts.grad_evals == before
+
+
+def test_cli_optimizer_flags(tmp_path):
+    from typer.testing import CliRunner
+
+    from rodflow.cli import app
+
+    res = CliRunner().invoke(app, ["run", "--problem", "quadratic", "--lr", "0.05", "--steps", "10", "--methods",
+                                   "gd,gradient_flow,rod_flow", "--optimizer", "adam", "--optimizer-opt",
+                                   "beta1=0.8", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])
+    assert res.exit_code == 0, res.output
+    config = rodflow.load(tmp_path / "r").config
+    assert config["optimizer"] == "adam" and config["optimizer_options"] == {"beta1": 0.8}
