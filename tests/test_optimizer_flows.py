@@ -28,9 +28,9 @@ def _problem(d=4):
     return rodflow.Problem.from_loss(loss, torch.linspace(1.0, -0.8, d, dtype=torch.float64), name="anisotropic")
 
 
-def _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow", "rod_flow")):
+def _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow", "rod_flow"), options=None):
     rule = optimizers.make(name, **params)
-    procs = {m: processes.make(m, problem, lr, optimizer=rule) for m in methods}
+    procs = {m: processes.make(m, problem, lr, optimizer=rule, **(options or {}).get(m, {})) for m in methods}
     for p in procs.values():
         p.start(problem.w0)
     for _ in range(steps):
@@ -39,22 +39,27 @@ def _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow", "rod_
     return procs
 
 
+@pytest.mark.parametrize("fast_state", ["slaved", "ode"])
 @pytest.mark.parametrize("name,params", STATEFUL)
-def test_stable_flow_is_the_continuous_limit_of_the_optimizer(name, params):
+def test_stable_flow_is_the_continuous_limit_of_the_optimizer(name, params, fast_state):
     """At a fixed horizon η·steps, the stable flow's distance to GD (relative to the path length) shrinks with η:
     the flow is the optimizer's continuous limit, not merely close to it — down to the floor of the moments'
     continuous convention, which does not depend on η (measured: 1e-4 for Adam without bias correction, whose
-    moments start at 0 and stay in their transient all along this horizon)."""
+    moments start at 0 and stay in their transient all along this horizon). Slaved momentum is off by the
+    momentum's start-up transient, O(η) of the path (measured 0.2–1.6% at η = 2e-3)."""
     problem = _problem()
     horizon = 1.0
     errors = []
     for lr in (4e-3, 2e-3):
         steps = int(horizon / lr)
-        procs = _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow"))
+        procs = _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow"),
+                     options={"gradient_flow": {"fast_state": fast_state}})
         w_gd, w_flow = procs["gd"].point(), procs["gradient_flow"].point()
         errors.append(float((w_gd - w_flow).norm() / (w_gd - problem.w0).norm()))
-    assert errors[1] < 0.02, errors
-    assert errors[1] / errors[0] < 0.75 or errors[1] < 3e-4, errors
+    if fast_state == "slaved" and name == "adam" and not params.get("bias_correction", True):
+        pytest.skip("slaving m = g is not Adam's limit while ν is in its transient and m has no bias correction")
+    assert errors[1] < (0.02 if fast_state == "ode" else 0.04), errors
+    assert errors[1] / errors[0] < 0.8 or errors[1] < 3e-4, errors
 
 
 def _rod_growth(name, params, lam, tau):
@@ -172,7 +177,7 @@ class _EMAGradient(UpdateRule):
     def increment(self, state, g, lr, step):
         return -lr * state["s"]
 
-    def dstate_dt(self, state, g, step):
+    def dstate_dt(self, state, g, step, keys):
         return {"s": (1 - self.a) * (g - state["s"]) / self.a}
 
 
@@ -206,7 +211,9 @@ def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
     (dict(optimizer="momentum", optimizer_options={"beta": 1.0}), "beta must be a number in \\[0, 1\\)"),
     (dict(optimizer="adam", optimizer_options={"eps": 0}), "eps must be a finite number > 0"),
     (dict(optimizer="adam", methods=("gd", "central_flow")), "central_flow models optimizer gd only"),
-    (dict(optimizer="momentum", optimizer_options={"beta": 0.0}), "gradient_flow with optimizer momentum needs beta > 0"),
+    (dict(optimizer="momentum", optimizer_options={"beta": 0.0}, options={"gradient_flow": {"fast_state": "ode"}}),
+     "gradient_flow with optimizer momentum needs beta > 0"),
+    (dict(options={"gradient_flow": {"fast_state": "fast"}}), "fast_state must be one of slaved, ode"),
     (dict(optimizer="adam", methods=("gd", "rod_flow"), options={"rod_flow": {"rate": "gd-multiplier"}}),
      "rate='gd-multiplier' and correction=true model plain GD"),
     (dict(options={"gd": {"optimizer": "momentum"}}), "gd.optimizer is now the run's optimizer.*--optimizer"),
@@ -234,3 +241,39 @@ def test_cli_optimizer_flags(tmp_path):
     assert res.exit_code == 0, res.output
     config = rodflow.load(tmp_path / "r").config
     assert config["optimizer"] == "adam" and config["optimizer_options"] == {"beta1": 0.8}
+
+
+@pytest.mark.parametrize("name,params,lr", [("momentum", {"beta": 0.9}, 0.35), ("momentum", {"beta": 0.5}, 0.26),
+                                            ("nesterov", {"beta": 0.5}, 0.13)])
+def test_quartic_self_stabilization_under_momentum(name, params, lr):
+    """L = (S/2)w² − (Q/4)w⁴ above the optimizer's threshold: GD settles on the period-2 orbit and the rod on its
+    fixed point, both at δ*² = (S − threshold)/Q, where the secant sharpness sits exactly at the threshold."""
+    S, Q = 12.0, 1.0
+    p = problems.make("quartic", S=S, Q=Q, w0=0.01)
+    r = rodflow.simulate(p, lr=lr, steps=1200, methods=("gd", "rod_flow"), optimizer=name, optimizer_options=params,
+                         sharpness_every=0)
+    rule = optimizers.make(name, **params)
+    thr = rule.threshold({}, lr, 1)
+    assert thr < S
+    star = ((S - thr) / Q) ** 0.5
+    np.testing.assert_allclose(np.abs(r.iterates["gd"][-4:, 0]), star, rtol=1e-8)
+    rod = r.metrics[r.metrics.method == "rod_flow"].iloc[-1]
+    assert rod.rod_length == pytest.approx(star, rel=1e-6)
+    assert rod.secant_sharpness == pytest.approx(thr, rel=1e-6)
+    assert rod.threshold == pytest.approx(thr, rel=1e-12)
+
+
+@pytest.mark.parametrize("name,params,tol", [("adam", {"beta2": 0.99}, 0.02), ("nadam", {"beta2": 0.99}, 0.02),
+                                             ("rmsprop", {}, 0.02)])
+def test_quartic_adaptive_edge_of_stability(name, params, tol):
+    """Adaptive optimizers on the quartic: the rod settles where its preconditioned sharpness sits at the
+    optimizer's threshold (38/η for Adam), the adaptive edge of stability; GD hovers there too."""
+    p = problems.make("quartic", S=12.0, Q=1.0, w0=0.01)
+    r = rodflow.simulate(p, lr=0.01, steps=1500, methods=("gd", "rod_flow"), optimizer=name, optimizer_options=params,
+                         sharpness_every=10)
+    m = r.metrics
+    rod = m[(m.method == "rod_flow") & m.preconditioned_sharpness.notna()].iloc[-1]
+    assert rod.preconditioned_sharpness == pytest.approx(rod.threshold, rel=tol)
+    gd = m[(m.method == "gd") & m.preconditioned_sharpness.notna() & (m.step > 1000)]
+    ratio = gd.preconditioned_sharpness / gd.threshold
+    assert 0.8 < ratio.mean() < 1.05

@@ -237,7 +237,8 @@ def test_cli_bad_input_one_line(tmp_path, args, match, capsys, monkeypatch):
         (dict(methods=()), "methods is empty"),
         (dict(methods=("gd", "gd")), "twice"),
         (dict(options={"rod": {}}), "not among the methods"),
-        (dict(options={"gd": {"optimizer": "adamw"}}), "unknown optimizer"),
+        (dict(optimizer="adamw"), "unknown optimizer"),
+        (dict(options={"gd": {"optimizer": "momentum"}}), "gd.optimizer is now the run's optimizer"),
         (dict(dtype="float16"), "unknown dtype"),
         (dict(neigs=0), "neigs must be"),
     ],
@@ -252,7 +253,7 @@ def test_api_bad_input(kwargs, match):
 def test_momentum_update_rule_plugs_into_gd():
     p = problems.make("quadratic", lambdas=[1.0, 2.0])
     r = rodflow.simulate(p, lr=0.1, steps=5, methods=("gd",), sharpness_every=0,
-                         options={"gd": {"optimizer": "momentum", "optimizer_params": {"beta": 0.5}}})
+                         optimizer="momentum", optimizer_options={"beta": 0.5})
     w = np.array([1.0, 1.0])
     v = np.zeros(2)
     for t in range(5):

@@ -151,6 +151,17 @@ def methods():
 
 
 @command
+def optimizers():
+    """List the update rules (--optimizer) and their options (--optimizer-opt)."""
+    from . import optimizers as registry
+
+    for name in registry.names():
+        doc = (registry.REGISTRY.get(name).__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v!r}" for k, v in registry.options(name).items())
+        typer.echo(f"{name:10s} {doc}\n{'':10s} options: {opts or 'none'}")
+
+
+@command
 def plot(run_dir: Path = typer.Argument(..., help="a run directory")):
     """(Re)draw the figures of a run directory into its plots/."""
     import rodflow

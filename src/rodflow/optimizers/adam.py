@@ -17,8 +17,8 @@ class Adam(UpdateRule):
     ν̂ = ν/(1 − β₂ᵗ) (``bias_correction=False``: m̂ = m, ν̂ = ν).
 
     P = √ν̂ + ε; with P frozen, stable iff λ_max(P⁻¹H) < (2 + 2β₁)(1 − β₁ᵗ)/((1 − β₁)η) (38/η at β₁ = 0.9 once the
-    bias correction has faded). Flows: dm/dt = ((1 − β₁)/β₁)(g − m), dν/dt = ((1 − β₂)/β₂)(g² − ν) with
-    t → step = t + 1 in the bias corrections; the rod carries ν as a smooth auxiliary variable."""
+    bias correction has faded). Flows: dm/dt = ((1 − β₁)/β₁)(g − m) (slaved: m̂ = g), dν/dt = ((1 − β₂)/β₂)(g² − ν)
+    with t → step = t + 1 in the bias corrections; the rod carries ν as a smooth auxiliary variable."""
 
     name = "adam"
     preconditioned = True
@@ -55,10 +55,17 @@ class Adam(UpdateRule):
         bc1, _ = self._corrections(step)
         return (-lr / bc1) * (state["m"] / self.preconditioner(state, step))
 
-    def dstate_dt(self, state, g, step):
-        r1 = (1.0 - self.beta1) * ema_rate(self.beta1, "beta1", self.name)
-        r2 = (1.0 - self.beta2) * ema_rate(self.beta2, "beta2", self.name)
-        return {"m": r1 * (g - state["m"]), "v": r2 * (g * g - state["v"])}
+    def dstate_dt(self, state, g, step, keys):
+        out = {}
+        if "m" in keys:
+            out["m"] = (1.0 - self.beta1) * ema_rate(self.beta1, "beta1", self.name) * (g - state["m"])
+        if "v" in keys:
+            out["v"] = (1.0 - self.beta2) * ema_rate(self.beta2, "beta2", self.name) * (g * g - state["v"])
+        return out
+
+    def quasi_static(self, state, g, step):
+        bc1, _ = self._corrections(step)
+        return {**state, "m": g * bc1}  # m̂ = g
 
     def threshold(self, state, lr, step):
         bc1, _ = self._corrections(step)

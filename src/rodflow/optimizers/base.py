@@ -9,10 +9,13 @@ the flows, where it is ``t + 1`` at time ``t``). One optimizer step from ``(w, s
 exactly as ``torch.optim`` computes it (same operations in the same order where that matters to rounding). The
 flows read the same rule as
 
-- ``dstate_dt(state, g, step)``: the state's continuous-time dynamics, written for the *post-update* state (the
-  one the step uses): an exponential average ``s' = a·s + b·f(g)`` has ``ds/dt = (b·f(g) − (1 − a)·s)/a``, which
-  takes one unit of time per step and has the discrete map's fixed point (the official central-flow code's
-  convention: RMSProp's ``dν/dt = ((1 − β₂)/β₂)(g² − ν)``);
+- ``dstate_dt(state, g, step, keys)``: the continuous-time dynamics of the state entries ``keys``, written for
+  the *post-update* state (the one the step uses): an exponential average ``s' = a·s + b·f(g)`` has
+  ``ds/dt = (b·f(g) − (1 − a)·s)/a``, which takes one unit of time per step and has the discrete map's fixed
+  point (the official central-flow code's convention: RMSProp's ``dν/dt = ((1 − β₂)/β₂)(g² − ν)``);
+- ``fast`` and ``quasi_static(state, g, step)``: the momentum entries, and the state with them at their fixed
+  point for the gradient g (b = g/(1 − β), Adam's m̂ = g): the stable flow's ``fast_state="slaved"`` holds them
+  there, the η → 0 limit without the momentum's fast (oscillatory) transient;
 - ``preconditioner(state, step)``: ``P`` with ``increment ≈ −lr·P⁻¹·(momentum or g)`` (``None`` for the
   identity), a d-vector (diagonal) or one value (scalar);
 - ``threshold(state, lr, step)``: GD's stability threshold on the preconditioned sharpness ``λ_max(P⁻¹H)`` with
@@ -44,10 +47,11 @@ class UpdateRule:
     name: ClassVar[str] = "rule"
     #: state entries that the rod flow carries as smooth auxiliary variables (no half-vector)
     smooth: ClassVar[tuple[str, ...]] = ()
-    #: its flows oscillate (a momentum buffer gives complex eigenvalues): they default to Dormand-Prince, whose
-    #: stability region covers the imaginary axis, instead of Runge-Kutta-Chebyshev, whose region is a thin strip
-    #: around the negative real axis (measured: heavy ball on a quadratic, rkc 4x the gradients of dopri)
-    oscillatory: ClassVar[bool] = False
+    #: momentum entries: integrated, they oscillate (complex eigenvalues), so a flow that integrates them
+    #: defaults to Dormand-Prince, whose stability region covers the imaginary axis, instead of
+    #: Runge-Kutta-Chebyshev, whose region is a thin strip around the negative real axis (measured: heavy ball on
+    #: a quadratic, rkc 4x the gradients of dopri)
+    fast: ClassVar[tuple[str, ...]] = ()
     #: it has a preconditioner (runs record ``preconditioned_sharpness``)
     preconditioned: ClassVar[bool] = False
 
@@ -62,8 +66,12 @@ class UpdateRule:
         """w' − w from the updated state."""
         raise NotImplementedError
 
-    def dstate_dt(self, state: State, g: Tensor, step: float) -> State:
+    def dstate_dt(self, state: State, g: Tensor, step: float, keys: tuple[str, ...]) -> State:
         return {}
+
+    def quasi_static(self, state: State, g: Tensor, step: float) -> State:
+        """The state with its ``fast`` entries at their fixed point for gradient g."""
+        return state
 
     def preconditioner(self, state: State, step: float) -> Tensor | None:
         return None
@@ -83,9 +91,9 @@ class UpdateRule:
         new = self.update_state(state, g, step)
         return w + self.increment(new, g, lr, step), new
 
-    def flow_integrator(self) -> str:
-        """The flows' default integrator for this rule."""
-        return "dopri" if self.oscillatory else "rkc"
+    def flow_integrator(self, integrated: tuple[str, ...]) -> str:
+        """The default integrator of a flow that integrates the state entries ``integrated``."""
+        return "dopri" if any(k in self.fast for k in integrated) else "rkc"
 
     def flow_start(self, w: Tensor, g: Tensor) -> State:
         """The flows' state at time 0: the post-update state of the first step (``step`` = 1)."""

@@ -15,11 +15,12 @@ from .base import UpdateRule, check_unit, ema_rate
 class HeavyBall(UpdateRule):
     """b ← βb + g (b = 0 before the first step, so b₁ = g as in torch), w ← w − ηb.
 
-    Continuous dynamics of the post-update buffer: db/dt = (g − (1 − β) b)/β. Stable on a quadratic iff
+    Continuous dynamics of the post-update buffer: db/dt = (g − (1 − β) b)/β; slaved: b = g/(1 − β), so the
+    stable flow is gradient flow at η/(1 − β). Stable on a quadratic iff
     ηλ < 2(1 + β)."""
 
     name = "momentum"
-    oscillatory = True
+    fast = ("b",)
     beta: float = 0.9
 
     def __post_init__(self):
@@ -34,8 +35,13 @@ class HeavyBall(UpdateRule):
     def increment(self, state, g, lr, step):
         return -lr * state["b"]
 
-    def dstate_dt(self, state, g, step):
+    def dstate_dt(self, state, g, step, keys):
+        if "b" not in keys:
+            return {}
         return {"b": (g - (1.0 - self.beta) * state["b"]) * ema_rate(self.beta, "beta", self.name)}
+
+    def quasi_static(self, state, g, step):
+        return {**state, "b": g / (1.0 - self.beta)}
 
     def threshold(self, state, lr, step):
         return 2.0 * (1.0 + self.beta) / lr

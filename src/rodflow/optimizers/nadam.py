@@ -19,8 +19,8 @@ class NAdam(UpdateRule):
 
     With P = √ν̂ + ε frozen, stable iff λ_max(P⁻¹H) < 2(1 + β₁)/(η[(1 + β₁)c₁ + (1 − β₁)c₂]), c₁ and c₂ the two
     coefficients above (our derivation: the period-2 eigenvalue −1 of the linearised map on a quadratic; at
-    μ → β₁ and c₁ = 0 it is Adam's). Flows: m and ν as in Adam, dΠ/dt = ln(μ(step))·Π; the rod carries ν and Π as
-    smooth auxiliary variables."""
+    μ → β₁ and c₁ = 0 it is Adam's). Flows: m and ν as in Adam (slaved: m = g), dΠ/dt = ln(μ(step))·Π; the rod
+    carries ν and Π as smooth auxiliary variables."""
 
     name = "nadam"
     preconditioned = True
@@ -69,11 +69,18 @@ class NAdam(UpdateRule):
         w = torch.addcdiv(w, g, denom, value=-lr * c1)
         return torch.addcdiv(w, new["m"], denom, value=-lr * c2), new
 
-    def dstate_dt(self, state, g, step):
-        r1 = (1.0 - self.beta1) * ema_rate(self.beta1, "beta1", self.name)
-        r2 = (1.0 - self.beta2) * ema_rate(self.beta2, "beta2", self.name)
-        return {"m": r1 * (g - state["m"]), "v": r2 * (g * g - state["v"]),
-                "mu_product": math.log(self.mu(step)) * state["mu_product"]}
+    def dstate_dt(self, state, g, step, keys):
+        out = {}
+        if "m" in keys:
+            out["m"] = (1.0 - self.beta1) * ema_rate(self.beta1, "beta1", self.name) * (g - state["m"])
+        if "v" in keys:
+            out["v"] = (1.0 - self.beta2) * ema_rate(self.beta2, "beta2", self.name) * (g * g - state["v"])
+        if "mu_product" in keys:
+            out["mu_product"] = math.log(self.mu(step)) * state["mu_product"]
+        return out
+
+    def quasi_static(self, state, g, step):
+        return {**state, "m": g}
 
     def threshold(self, state, lr, step):
         c1, c2 = self._coefficients(state, step)

@@ -47,6 +47,8 @@ class RMSProp(UpdateRule):
     def increment(self, state, g, lr, step):
         return -lr * (g / self.preconditioner(state, step))
 
-    def dstate_dt(self, state, g, step):
+    def dstate_dt(self, state, g, step, keys):
+        if "v" not in keys:
+            return {}
         rate = (1.0 - self.alpha) * ema_rate(self.alpha, "alpha", self.name)
         return {"v": rate * (self._feed(g) - state["v"])}

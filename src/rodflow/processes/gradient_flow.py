@@ -14,6 +14,7 @@ from .base import Observation, Process, as_numpy, as_tensor, flatten_state, nest
 from . import register
 
 DEFAULT_INTEGRATOR = "rkc"
+FAST_STATES = ("slaved", "ode")  # gradient flow's momentum entries: held at their fixed point, or integrated
 # (rtol, atol) per integrator and dtype. dopri: tight (its cost is set by stability, not by the tolerance);
 # rkc: the loosest tolerance that meets the accuracy rule of docs/performance.md (B2a, B8: a flow's mean
 # distance to GD and its loss error within 1% of a tight solve's) on the benchmark cases (rtol 1e-4 missed it
@@ -64,45 +65,57 @@ class GradientFlow(Process):
     at integer times, and steps longer than one GD step are taken where the dynamics allow.
 
     With an optimizer that has a state (momentum, RMSProp, Adam, ...) the flow is its stable flow on
-    y = (w, state): dw/dt = increment(state, ∇L(w)) (the optimizer's step at lr), d state/dt = the rule's
-    ``dstate_dt``, in the post-update convention, with the step count ``t + 1`` (carried in y, since the
-    integrators are autonomous) in bias corrections; it starts from the state after GD's first gradient. The error norm measures each state entry relative to its own size.
+    y = (w, state, step): dw/dt = increment(state, ∇L(w)) (the optimizer's step at lr), d state/dt = the rule's
+    ``dstate_dt`` in the post-update convention, the step count ``step = t + 1`` carried in y (the integrators
+    are autonomous) for bias corrections; it starts from the state after GD's first gradient. ``fast_state``:
+    "ode" (default) integrates the momentum entries too; "slaved" holds them at their fixed point for the current
+    gradient (heavy ball: gradient flow at η/(1 − β); Adam: m̂ = g, RMSProp-like with ν integrated), the η → 0
+    limit without the momentum's transient, cheaper (no oscillatory mode: rkc serves it) but measured 1.4–4×
+    farther from GD on the demo network (docs/optimizers.md). The error norm measures each state entry relative
+    to its own size.
     """
 
     def __init__(self, problem, lr, integrator: str | None = None, rtol: float | None = None,
-                 atol: float | None = None, max_step: float = 50.0, optimizer=None):
+                 atol: float | None = None, max_step: float = 50.0, fast_state: str = "ode", optimizer=None):
         super().__init__(problem, lr, optimizer)
-        self.integrator, self.rtol, self.atol, self.max_step = integration_options(
-            "gradient_flow", problem.dtype, integrator or self.rule.flow_integrator(), rtol, atol, max_step)
+        if fast_state not in FAST_STATES:
+            raise RodflowError(f"gradient_flow fast_state must be one of {', '.join(FAST_STATES)}, got {fast_state!r}")
+        self.slaved = fast_state == "slaved"
         probe = torch.zeros(1, dtype=problem.dtype)
         init = self.rule.init(probe)
-        self.keys = tuple(sorted(init))
+        self.stateful = bool(init)
+        self.keys = tuple(k for k in sorted(init) if not (self.slaved and k in self.rule.fast))  # integrated
         if self.keys:  # the continuous dynamics must exist (e.g. beta > 0): a one-line error now, not mid-run
-            self.rule.dstate_dt(init, probe, 1.0)
+            self.rule.dstate_dt(init, probe, 1.0, self.keys)
+        self.integrator, self.rtol, self.atol, self.max_step = integration_options(
+            "gradient_flow", problem.dtype, integrator or self.rule.flow_integrator(self.keys), rtol, atol, max_step)
         self.d = problem.d
 
     def _field(self, t, y):
-        if not self.keys:
+        if not self.stateful:
             return -self.lr * self.problem.grad(y)
         w, state, step = self._split(y)
         g = self.problem.grad(w)
-        ds = self.rule.dstate_dt(state, g, step)
+        if self.slaved:
+            state = self.rule.quasi_static(state, g, step)
+        ds = self.rule.dstate_dt(state, g, step, self.keys)
         one = torch.ones(1, dtype=y.dtype, device=y.device)  # the step count advances with time
-        return torch.cat([self.rule.increment(state, g, self.lr, step), flatten_state(ds, self.keys), one])
+        return torch.cat([self.rule.increment(state, g, self.lr, step), *[ds[k].reshape(-1) for k in self.keys],
+                          one])
 
     def _split(self, y):
-        """(w, optimizer state, step count) of a stateful flow's vector y = (w, state, step)."""
+        """(w, integrated optimizer state, step count) of a stateful flow's vector y = (w, state, step)."""
         return y[: self.d], unflatten_state(y[self.d:-1], self.sizes, self.keys), float(y[-1])
 
     def _ode(self, y):
         norm = state_norm(self.d, self.sizes, self.keys + ("step",), self.rtol, self.atol, self.floors) \
-            if self.keys else None
+            if self.stateful else None
         return integrators.make(self.integrator, self._field, y, rtol=self.rtol, atol=self.atol,
                                 max_step=self.max_step, **({"norm": norm} if norm else {}))
 
     def start(self, w0):
         self.t = 0
-        if self.keys:
+        if self.stateful:
             _, g0 = self.problem.loss_grad(w0)
             state = self.rule.flow_start(w0, g0)
             self.sizes = {k: state[k].numel() for k in self.keys}
@@ -128,15 +141,18 @@ class GradientFlow(Process):
 
     def observe(self) -> Observation:
         obs = super().observe()
-        if self.keys:
+        if self.stateful:
             _, state, step = self._split(self.y)
+            if self.slaved:
+                _, g = self.problem.loss_grad(self.w)
+                state = self.rule.quasi_static(state, g, step)
             obs.scalars.update(self.optimizer_scalars(state, step))
             obs.preconditioner = self.rule.preconditioner(state, step)
         return obs
 
     def state_dict(self):
         state = {"t": self.t, "w": as_numpy(self.y)}  # w and the optimizer state (when it has one)
-        if self.keys:
+        if self.stateful:
             state["floors"] = np.array(self.floors)
         state.update(nest("ode", self.ode.state_dict()))
         return state
@@ -144,7 +160,7 @@ class GradientFlow(Process):
     def load_state_dict(self, state):
         self.t = int(state["t"])
         self.y = as_tensor(state["w"], self.problem.dtype, self.problem.device)
-        if self.keys:
+        if self.stateful:
             sizes = {k: v.numel() for k, v in self.rule.init(self.y[: self.d]).items()}
             self.sizes = {k: sizes[k] for k in self.keys}
             self.sizes["step"] = 1

@@ -36,6 +36,8 @@ from .gradient_flow import _number, entry_floors, integration_options
 from . import register
 
 SEEDS = ("precision", "none")
+# which optimizer-state entries carry a half-vector: all but the rule's smooth ones (second moments), or none
+ROD_STATES = ("momentum", "none")
 RATES = ("linear", "gd-multiplier")  # the δ equation's radial rate: ηs − 2 (default), or GD's ln|ηs − 1|
 # rod_rtol per integrator: dopri keeps the tight value it always had; rkc's comes from the accuracy rule (B2a)
 DEFAULT_ROD_RTOL = {"dopri": 1e-4, "rkc": 1e-3}
@@ -121,6 +123,11 @@ class RodFlow(Process):
     ``rate`` = "gd-multiplier" replaces the radial rate ηs − 2 of δ (s: secant sharpness along δ) by GD's per-step
     log-multiplier ln|ηs − 1| (science.md §7), floored at −``max_decay`` near ηs = 1; "linear" (default) keeps
     the equations above.
+
+    With another update rule (``optimizer``), the rod is the rod of the rule's step map F on z = (w, state)
+    (science.md §6): ``rod_state="momentum"`` (default) gives the momentum entries a half-vector and carries the
+    rule's ``smooth`` entries (second moments) and the step count as auxiliary variables; "none" gives only w a
+    half-vector (every state entry smooth).
     """
 
     estimates = "midpoint"
@@ -141,11 +148,14 @@ class RodFlow(Process):
         seed_scale: float = 1.0,
         rate: str = "linear",
         max_decay: float = 4.0,
+        rod_state: str = "momentum",
         optimizer=None,
     ):
         super().__init__(problem, lr, optimizer)
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
-            "rod_flow", problem.dtype, integrator or self.rule.flow_integrator(), rtol, atol, max_step)
+            "rod_flow", problem.dtype,
+            integrator or self.rule.flow_integrator(tuple(self.rule.init(torch.zeros(1, dtype=problem.dtype)))),
+            rtol, atol, max_step)
         self.rod_rtol = DEFAULT_ROD_RTOL[self.integrator] if rod_rtol is None else rod_rtol
         if not (_number(self.rod_rtol) and math.isfinite(self.rod_rtol) and self.rod_rtol > 0):
             raise RodflowError(f"rod_flow rod_rtol must be a finite number > 0, got {rod_rtol!r}")
@@ -171,8 +181,11 @@ class RodFlow(Process):
             if rate != "linear" or correction:
                 raise RodflowError(f"rod_flow rate={rate!r} and correction=true model plain GD; with optimizer "
                                    f"{self.rule.name!r} use rate='linear' and correction=false")
-            self.rod_keys = tuple(k for k in self.keys if k not in self.rule.smooth)
-            self.aux_keys = tuple(k for k in self.keys if k in self.rule.smooth) + ("step",)
+            if rod_state not in ROD_STATES:
+                raise RodflowError(f"rod_flow rod_state must be one of {', '.join(ROD_STATES)}, got {rod_state!r}")
+            rod = (lambda k: k not in self.rule.smooth) if rod_state == "momentum" else (lambda k: False)
+            self.rod_keys = tuple(k for k in self.keys if rod(k))
+            self.aux_keys = tuple(k for k in self.keys if not rod(k)) + ("step",)
 
     # ------------------------------------------------------------------------------------------- the ODE
     def field(self, t: float, y: torch.Tensor) -> torch.Tensor:
