@@ -211,6 +211,7 @@ def test_cli_theory_checks_pass_and_write_figures(tmp_path, capsys):
         main(["theory", "--out", str(tmp_path)])
     out = capsys.readouterr().out
     assert info.value.code == 0, out
-    assert "FAIL" not in out and out.count(" ok") >= 12
-    for name in ("threshold", "quartic", "self-stabilization", "sharp-valley"):
+    assert "FAIL" not in out and out.count(" ok") >= 24
+    for name in ("threshold", "quartic", "self-stabilization", "sharp-valley", "optimizer_thresholds",
+                 "optimizer_quartic"):
         assert (tmp_path / f"{name}.png").stat().st_size > 1000

@@ -61,10 +61,27 @@ def test_a_sweep_can_vary_every_field_including_gfs_every(tmp_path):
               "sharpness_every": 0, "grid": {"gfs_every": [0, 5]}, "gfs_options": {"max_grad_evals": 5000}}
     sweep = sw.expand(config)
     assert [r.spec["gfs_every"] for r in sweep.runs] == [0, 5]
-    assert set(sw.SIMULATE_KEYS) == set(RunConfig.fields()) - {"options", "gfs_options", "measurements"}
+    assert set(sw.SIMULATE_KEYS) == set(RunConfig.fields()) - {"options", "gfs_options", "measurements",
+                                                                "optimizer_options"}
     sw.run_sweep(sweep, out=tmp_path / "s", workers=1, progress=False)
     with_gfs = [rodflow.load(tmp_path / "s" / "runs" / r.id) for r in sweep.runs]
     assert "gfs_sharpness" not in with_gfs[0].metrics
     phi = with_gfs[1].method("gd")["gfs_sharpness"].dropna()
     assert list(phi.index) == [0, 5, 10] and np.isfinite(phi).all()
     assert with_gfs[1].config["gfs_options"] == {"max_grad_evals": 5000}
+
+
+def test_a_sweep_varies_the_optimizer_and_its_options(tmp_path):
+    config = {"name": "o", "problem": "quadratic", "lr": 0.05, "steps": 5, "methods": "gd,gradient_flow",
+              "sharpness_every": 0, "grid": {"optimizer": ["momentum", "nesterov"], "optimizer_options.beta": [0.5, 0.8]}}
+    sweep = sw.expand(config)
+    assert len(sweep.runs) == 4
+    sw.run_sweep(sweep, out=tmp_path / "s", workers=1, progress=False)
+    seen = set()
+    for r in sweep.runs:
+        res = rodflow.load(tmp_path / "s" / "runs" / r.id)
+        seen.add((res.config["optimizer"], res.config["optimizer_options"]["beta"]))
+        assert (res.summary()["status"] == "ok").all()
+    assert seen == {("momentum", 0.5), ("momentum", 0.8), ("nesterov", 0.5), ("nesterov", 0.8)}
+    with pytest.raises(RodflowError, match="optimizer_options.KEY"):
+        sw.expand({**config, "grid": {"optimizer_options": [{"beta": 0.5}]}})

@@ -77,3 +77,36 @@ def top_sharpness(problem: Problem, w) -> float:
     """λ_max of the dense Hessian at w (small problems)."""
     H = problem.hessian(torch.as_tensor(np.asarray(w), dtype=problem.dtype))
     return float(torch.linalg.eigvalsh(H)[-1])
+
+
+def map_rod_growth(rule, lam: float, lr: float = 0.1, step: float = 5000.0) -> tuple[float, float]:
+    """The rod of an optimizer's map on L = ½λw² (d = 1), linearised at the minimum with the momentum at rest and
+    the second moment at 1 (late in a run: step count ``step``, NAdam's μ product 0): (the largest real part of
+    the eigenvalues of ∂(dδ/dt)/∂δ, measured by central differences of the rod field; λ* = threshold · P, the
+    curvature at which the optimizer's threshold on λ_max(P⁻¹H) is reached with the P its step uses)."""
+    problem = Problem.from_loss(lambda w: 0.5 * lam * (w * w).sum(), torch.zeros(1, dtype=torch.float64),
+                                check=False)
+    rod = processes.make("rod_flow", problem, lr, optimizer=rule, seed="none")
+    rod.start(torch.ones(1, dtype=torch.float64))
+    n = rod.n_rod
+    y = rod.y.clone()
+    y[: 2 * n] = 0.0  # centre at the minimum, momentum at rest, no rod
+    aux = y[2 * n:]
+    aux[:] = 1.0
+    if "mu_product" in rod.aux_keys:
+        aux[rod.aux_keys.index("mu_product")] = 0.0
+    aux[-1] = step
+    h = 1e-7
+    J = torch.zeros(n, n, dtype=torch.float64)
+    for j in range(n):
+        yp, ym = y.clone(), y.clone()
+        yp[n + j], ym[n + j] = h, -h
+        J[:, j] = (rod._map_field(0.0, yp)[n:2 * n] - rod._map_field(0.0, ym)[n:2 * n]) / (2 * h)
+    state = rule.init(torch.zeros(1, dtype=torch.float64))
+    state.update({k: torch.ones(1, dtype=torch.float64) for k in rule.smooth})
+    if "mu_product" in state:
+        state["mu_product"] = torch.zeros(1, dtype=torch.float64)
+    state = rule.update_state(state, torch.zeros(1, dtype=torch.float64), step)  # the state the step uses
+    P = rule.preconditioner(state, step)
+    P = 1.0 if P is None else float(P)
+    return float(torch.linalg.eigvals(J).real.max()), rule.threshold(state, lr, step) * P

@@ -107,6 +107,65 @@ def run_checks(out: Path) -> list[dict]:
         bx.axhline(level, color="grey", ls=":", lw=0.8)
         bx.set_xlabel("t"), bx.set_ylabel("amplitude"), bx.legend(fontsize=7)
         fig.savefig(out / f"{name}.png", dpi=150, bbox_inches="tight"), plt.close(fig)
+    rows += optimizer_checks(out)
+    return rows
+
+
+def optimizer_checks(out: Path) -> list[dict]:
+    """Rod flow for other optimizers (docs/optimizers.md): the rod's linearised growth rate changes sign at each
+    optimizer's threshold; quartic self-stabilisation at δ*² = (S − threshold)/Q under heavy ball and Nesterov;
+    Adam's rod at the adaptive edge (preconditioned sharpness at 38/η)."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    from .. import optimizers, problems
+    from ..rod_theory import map_rod_growth
+    from ..simulate import simulate
+
+    rows = []
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, params in (("momentum", {"beta": 0.9}), ("nesterov", {"beta": 0.9}), ("rmsprop", {"alpha": 0.9}),
+                         ("adam", {}), ("nadam", {})):
+        rule = optimizers.make(name, **params)
+        _, star = map_rod_growth(rule, 1.0)
+        ratios = np.linspace(0.9, 1.1, 21)
+        rates = [map_rod_growth(rule, r * star)[0] for r in ratios]
+        ax.plot(ratios, rates, label=f"{rule}")
+        below, above = map_rod_growth(rule, 0.99 * star)[0], map_rod_growth(rule, 1.01 * star)[0]
+        rows.append(dict(check=f"{name}: rod growth rate at 0.99 / 1.01 x threshold", measured=below,
+                         predicted=above, ok=below < 0 < above))
+    ax.axhline(0, color="grey", lw=0.8), ax.axvline(1, color="grey", ls=":", lw=0.8)
+    ax.set_xlabel("λ P⁻¹ / optimizer threshold"), ax.set_ylabel("rod growth rate"), ax.legend(fontsize=7)
+    ax.set_title("the rod of each optimizer's map opens at its threshold (η = 0.1)", fontsize=10)
+    fig.savefig(out / "optimizer_thresholds.png", dpi=150, bbox_inches="tight"), plt.close(fig)
+
+    S, Q = 12.0, 1.0
+    fig, ax = plt.subplots(figsize=(6.4, 4))
+    for name, params, lr in (("momentum", {"beta": 0.9}, 0.35), ("nesterov", {"beta": 0.5}, 0.13)):
+        rule = optimizers.make(name, **params)
+        thr = rule.threshold({}, lr, 1)
+        star = ((S - thr) / Q) ** 0.5
+        r = simulate(problems.make("quartic", S=S, Q=Q, w0=0.01), lr=lr, steps=1200, methods=["gd", "rod_flow"],
+                     optimizer=name, optimizer_options=params, sharpness_every=0, progress=False)
+        rod = r.method("rod_flow")
+        gd = np.abs(r.iterates["gd"][:, 0])
+        rows += [dict(check=f"quartic, {rule}: rod length at t=1200", measured=rod["rod_length"].iloc[-1],
+                      predicted=star, ok=abs(rod["rod_length"].iloc[-1] / star - 1) < 1e-6),
+                 dict(check=f"quartic, {rule}: GD |w_1200|", measured=gd[-1], predicted=star,
+                      ok=abs(gd[-1] / star - 1) < 1e-6),
+                 dict(check=f"quartic, {rule}: secant sharpness", measured=rod["secant_sharpness"].iloc[-1],
+                      predicted=thr, ok=abs(rod["secant_sharpness"].iloc[-1] / thr - 1) < 1e-6)]
+        ax.plot(gd, lw=0.6, label=f"GD |w_t|, {rule}")
+        ax.plot(rod["rod_length"].to_numpy(), lw=1.2, label=f"rod length, {rule}")
+        ax.axhline(star, color="grey", ls=":", lw=0.8)
+    r = simulate(problems.make("quartic", S=S, Q=Q, w0=0.01), lr=0.01, steps=1500, methods=["gd", "rod_flow"],
+                 optimizer="adam", optimizer_options={"beta2": 0.99}, sharpness_every=10, progress=False)
+    rod = r.method("rod_flow").dropna(subset=["preconditioned_sharpness"]).iloc[-1]
+    rows.append(dict(check="quartic, adam(beta2=0.99): rod preconditioned sharpness", measured=rod.preconditioned_sharpness,
+                     predicted=rod.threshold, ok=abs(rod.preconditioned_sharpness / rod.threshold - 1) < 0.02))
+    ax.set_xlabel("t"), ax.set_yscale("log"), ax.legend(fontsize=7)
+    ax.set_title(f"quartic S={S:g}, Q={Q:g}: self-stabilisation under momentum", fontsize=10)
+    fig.savefig(out / "optimizer_quartic.png", dpi=150, bbox_inches="tight"), plt.close(fig)
     return rows
 
 
@@ -115,7 +174,8 @@ def theory(
     out: Path = typer.Option(Path("runs/theory"), help="directory for the figures"),
     threads: int = typer.Option(1, help="intra-op threads"),
 ):
-    """Rod flow's theory checks (threshold, quartic orbit, self-stabilization, onset seed) with plots."""
+    """Rod flow's theory checks (threshold, quartic orbit, self-stabilization, onset seed, other optimizers) with
+    plots."""
     set_threads(threads)
     rows = run_checks(out)
     width = max(len(r["check"]) for r in rows)

@@ -15,6 +15,7 @@ from . import register
 
 DEFAULT_INTEGRATOR = "rkc"
 FAST_STATES = ("slaved", "ode")  # gradient flow's momentum entries: held at their fixed point, or integrated
+CONVENTIONS = ("centred", "post-update")  # what the stable flow's state at time t stands for
 # (rtol, atol) per integrator and dtype. dopri: tight (its cost is set by stability, not by the tolerance);
 # rkc: the loosest tolerance that meets the accuracy rule of docs/performance.md (B2a, B8: a flow's mean
 # distance to GD and its loss error within 1% of a tight solve's) on the benchmark cases (rtol 1e-4 missed it
@@ -65,9 +66,13 @@ class GradientFlow(Process):
     at integer times, and steps longer than one GD step are taken where the dynamics allow.
 
     With an optimizer that has a state (momentum, RMSProp, Adam, ...) the flow is its stable flow on
-    y = (w, state, step): dw/dt = increment(state, ∇L(w)) (the optimizer's step at lr), d state/dt = the rule's
-    ``dstate_dt`` in the post-update convention, the step count ``step = t + 1`` carried in y (the integrators
-    are autonomous) for bias corrections; it starts from the state after GD's first gradient. ``fast_state``:
+    y = (w, state, step): dw/dt = increment(state, ∇L(w)) (the optimizer's step at lr), with the step count
+    carried in y (the integrators are autonomous) for bias corrections. ``state_convention``: "centred"
+    (default) reads the state at time t as (s_t + s_{t+1})/2, the average of the states before and after step t
+    (as the rod's centre does), with d state/dt from the rule's ``centred_rate`` (second order in the map: an
+    average with decay a relaxes at 2(1 − a)/(1 + a) ≈ −ln a) and step count t + 1/2; "post-update" reads it as
+    s_{t+1}, the state step t uses (the official central-flow convention: the rule's ``dstate_dt``, first order,
+    step count t + 1). ``fast_state``:
     "ode" (default) integrates the momentum entries too; "slaved" holds them at their fixed point for the current
     gradient (heavy ball: gradient flow at η/(1 − β); Adam: m̂ = g, RMSProp-like with ν integrated), the η → 0
     limit without the momentum's transient, cheaper (no oscillatory mode: rkc serves it) but measured 1.4–4×
@@ -76,16 +81,21 @@ class GradientFlow(Process):
     """
 
     def __init__(self, problem, lr, integrator: str | None = None, rtol: float | None = None,
-                 atol: float | None = None, max_step: float = 50.0, fast_state: str = "ode", optimizer=None):
+                 atol: float | None = None, max_step: float = 50.0, fast_state: str = "ode",
+                 state_convention: str = "centred", optimizer=None):
         super().__init__(problem, lr, optimizer)
         if fast_state not in FAST_STATES:
             raise RodflowError(f"gradient_flow fast_state must be one of {', '.join(FAST_STATES)}, got {fast_state!r}")
+        if state_convention not in CONVENTIONS:
+            raise RodflowError(f"gradient_flow state_convention must be one of {', '.join(CONVENTIONS)}, "
+                               f"got {state_convention!r}")
         self.slaved = fast_state == "slaved"
+        self.centred = state_convention == "centred"
         probe = torch.zeros(1, dtype=problem.dtype)
         init = self.rule.init(probe)
         self.stateful = bool(init)
         self.keys = tuple(k for k in sorted(init) if not (self.slaved and k in self.rule.fast))  # integrated
-        if self.keys:  # the continuous dynamics must exist (e.g. beta > 0): a one-line error now, not mid-run
+        if self.keys and not self.centred:  # the dynamics must exist (e.g. beta > 0): a one-line error now
             self.rule.dstate_dt(init, probe, 1.0, self.keys)
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
             "gradient_flow", problem.dtype, integrator or self.rule.flow_integrator(self.keys), rtol, atol, max_step)
@@ -98,7 +108,10 @@ class GradientFlow(Process):
         g = self.problem.grad(w)
         if self.slaved:
             state = self.rule.quasi_static(state, g, step)
-        ds = self.rule.dstate_dt(state, g, step, self.keys)
+        if self.centred:  # y holds s(t) ≈ (s_t + s_{t+1})/2; the step count of the update s_t → s_{t+1} is t + 1
+            ds = self.rule.centred_rate(state, g, step + 0.5, self.keys)
+        else:
+            ds = self.rule.dstate_dt(state, g, step, self.keys)
         one = torch.ones(1, dtype=y.dtype, device=y.device)  # the step count advances with time
         return torch.cat([self.rule.increment(state, g, self.lr, step), *[ds[k].reshape(-1) for k in self.keys],
                           one])
@@ -118,8 +131,13 @@ class GradientFlow(Process):
         if self.stateful:
             _, g0 = self.problem.loss_grad(w0)
             state = self.rule.flow_start(w0, g0)
+            count = 1.0
+            if self.centred:  # halfway between the state before the first step and after it, count t + 1/2
+                init = self.rule.init(w0)
+                state = {k: 0.5 * (init[k] + state[k]) for k in state}
+                count = 0.5
             self.sizes = {k: state[k].numel() for k in self.keys}
-            state["step"] = torch.ones(1, dtype=w0.dtype, device=w0.device)  # the first step's count, at t = 0
+            state["step"] = torch.full((1,), count, dtype=w0.dtype, device=w0.device)  # the step count at t = 0
             self.sizes["step"] = 1
             self.y = torch.cat([w0, flatten_state(state, self.keys + ("step",))])
             self.floors = entry_floors(self.y, self.d, [self.sizes[k] for k in self.keys + ("step",)], self.atol)
