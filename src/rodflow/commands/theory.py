@@ -130,7 +130,7 @@ def optimizer_checks(out: Path) -> list[dict]:
         _, star = map_rod_growth(rule, 1.0)
         ratios = np.linspace(0.9, 1.1, 21)
         rates = [map_rod_growth(rule, r * star)[0] for r in ratios]
-        ax.plot(ratios, rates, label=f"{rule}")
+        ax.plot(ratios, rates, label=f"{rule}", ls="--" if name == "momentum" else "-")  # momentum = frozen-P Adam
         below, above = map_rod_growth(rule, 0.99 * star)[0], map_rod_growth(rule, 1.01 * star)[0]
         rows.append(dict(check=f"{name}: rod growth rate at 0.99 / 1.01 x threshold", measured=below,
                          predicted=above, ok=below < 0 < above))
