@@ -51,9 +51,10 @@ class NAdam(UpdateRule):
     def preconditioner(self, state, step):
         return (state["v"] / (1.0 - self.beta2**step)).sqrt() + self.eps
 
-    def _coefficients(self, state, step) -> tuple[float, float]:
+    def _coefficients(self, state, step):
+        """(c₁, c₂) as one-value tensors (differentiable in the μ product, for the rod's JVP)."""
         mu, mu_next = self.mu(step), self.mu(step + 1)
-        prod = float(state["mu_product"].reshape(()))
+        prod = state["mu_product"]
         return (1.0 - mu) / (1.0 - prod), mu_next / (1.0 - prod * mu_next)
 
     def increment(self, state, g, lr, step):
@@ -64,7 +65,7 @@ class NAdam(UpdateRule):
     def step(self, w, state, g, lr, step):
         # torch adds the two terms one after the other (same rounding)
         new = self.update_state(state, g, step)
-        c1, c2 = self._coefficients(new, step)
+        c1, c2 = (float(c) for c in self._coefficients(new, step))
         denom = self.preconditioner(new, step)
         w = torch.addcdiv(w, g, denom, value=-lr * c1)
         return torch.addcdiv(w, new["m"], denom, value=-lr * c2), new
@@ -83,5 +84,5 @@ class NAdam(UpdateRule):
         return {**state, "m": g}
 
     def threshold(self, state, lr, step):
-        c1, c2 = self._coefficients(state, step)
+        c1, c2 = (float(c) for c in self._coefficients(state, step))
         return 2.0 * (1.0 + self.beta1) / (lr * ((1.0 + self.beta1) * c1 + (1.0 - self.beta1) * c2))
