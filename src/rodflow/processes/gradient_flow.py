@@ -60,10 +60,11 @@ def check_tolerances(method: str, rtol: float, atol: float, max_step: float) -> 
 class GradientFlow(Process):
     """Gradient flow by an adaptive integrator with error control (one gradient per field evaluation).
 
-    ``integrator="rkc"`` (default, except for optimizers with momentum: "dopri"): Runge-Kutta-Chebyshev, whose stage count follows the stiffness η·S that it
-    estimates itself, so its steps are set by accuracy; ``"dopri"``: Dormand-Prince 5(4), whose step is held
-    near its stability limit 3.3/(η S) once the flow is stiff. Either way iterates are read off the dense output
-    at integer times, and steps longer than one GD step are taken where the dynamics allow.
+    ``integrator="rkc"`` (default, except when momentum is integrated: "dopri"): Runge-Kutta-Chebyshev, whose
+    stage count follows the stiffness η·S that it estimates itself, so its steps are set by accuracy;
+    ``"dopri"``: Dormand-Prince 5(4), whose step is held near its stability limit 3.3/(η S) once the flow is
+    stiff. Either way iterates are read off the dense output at integer times, and steps longer than one GD
+    step are taken where the dynamics allow.
 
     With an optimizer that has a state (momentum, RMSProp, Adam, ...) the flow is its stable flow on
     y = (w, state, step): dw/dt = increment(state, ∇L(w)) (the optimizer's step at lr), with the step count
@@ -75,9 +76,9 @@ class GradientFlow(Process):
     step count t + 1). ``fast_state``:
     "ode" (default) integrates the momentum entries too; "slaved" holds them at their fixed point for the current
     gradient (heavy ball: gradient flow at η/(1 − β); Adam: m̂ = g, RMSProp-like with ν integrated), the η → 0
-    limit without the momentum's transient, cheaper (no oscillatory mode: rkc serves it) but measured 1.4–4×
-    farther from GD on the demo network (docs/optimizers.md). The error norm measures each state entry relative
-    to its own size.
+    limit without the momentum's transient, cheaper (no oscillatory mode: rkc serves it) but measured 7–19×
+    farther from GD than the default on the demo network (docs/optimizers.md). The error norm measures each
+    state entry relative to its own size.
     """
 
     def __init__(self, problem, lr, integrator: str | None = None, rtol: float | None = None,

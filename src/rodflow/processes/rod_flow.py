@@ -178,13 +178,13 @@ class RodFlow(Process):
             raise RodflowError(f"rod_flow max_decay must be a finite number > 0, got {max_decay!r}")
         self.max_decay = float(max_decay)
         self.d = problem.d
+        if rod_state not in ROD_STATES:
+            raise RodflowError(f"rod_flow rod_state must be one of {', '.join(ROD_STATES)}, got {rod_state!r}")
         self.keys = tuple(sorted(self.rule.init(torch.zeros(1, dtype=problem.dtype))))
         if self.keys:
             if rate != "linear":
                 raise RodflowError(f"rod_flow rate={rate!r} models plain GD; with optimizer {self.rule.name!r} use "
                                    "rate='linear'")
-            if rod_state not in ROD_STATES:
-                raise RodflowError(f"rod_flow rod_state must be one of {', '.join(ROD_STATES)}, got {rod_state!r}")
             rod = (lambda k: k not in self.rule.smooth) if rod_state == "momentum" else (lambda k: False)
             self.rod_keys = tuple(k for k in self.keys if rod(k))
             self.aux_keys = tuple(k for k in self.keys if not rod(k)) + ("step",)
