@@ -289,3 +289,24 @@ def test_map_correction_makes_the_rod_second_order_for_small_steps():
         errors[correction] = errs
     assert errors[True][1] < 0.5 * errors[False][1], errors
     assert errors[True][1] / errors[True][0] < 0.35, errors
+
+
+def test_adam_run_figures_show_the_preconditioned_sharpness_against_the_threshold(tmp_path):
+    from rodflow import panels
+    from rodflow.plotting import plot_run
+
+    p = problems.make("quadratic")
+    r = rodflow.simulate(p, lr=0.01, steps=8, methods=("gd", "rod_flow"), optimizer="adam", sharpness_every=2,
+                         out=tmp_path / "r")
+    names = {path.stem for path in plot_run(r)}
+    assert {"sharpness", "preconditioned", "distance"} <= names
+    assert panels.preconditioned(r, None)
+    plain = rodflow.simulate(p, lr=0.01, steps=4, methods=("gd",), optimizer="momentum", sharpness_every=2)
+    assert not panels.preconditioned(plain, None)  # heavy ball: its threshold is on the sharpness itself
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    panels.eigenvalues(plain, ax)
+    (line,) = [ln for ln in ax.lines if ln.get_label() == "threshold"]
+    assert np.allclose(line.get_ydata(), 2 * 1.9 / 0.01)
+    plt.close(fig)

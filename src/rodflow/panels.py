@@ -72,8 +72,20 @@ def loss(result, ax, sigma: float | None = None) -> bool:
     return True
 
 
+def threshold_line(result, ax, column: str = "threshold") -> None:
+    """The optimizer's stability threshold: 2/η for plain GD, else GD's recorded ``threshold`` column (a curve:
+    Adam's bias correction moves it)."""
+    m = result.metrics
+    if column in m and "gd" in result.methods and result.method("gd")[column].notna().any():
+        t = result.method("gd")[column].dropna()
+        ax.plot(t.index, t.values, label="threshold", **THRESHOLD)
+    else:
+        ax.axhline(2 / result.lr, label="2/η", **THRESHOLD)
+
+
 def eigenvalues(result, ax) -> bool:
-    """Each method's sharpness λ₁ (and GD's further top eigenvalues) against the threshold 2/η."""
+    """Each method's sharpness λ₁ (and GD's further top eigenvalues) against the threshold (2/η for plain GD;
+    none for an optimizer with a preconditioner, whose threshold is on λ_max(P⁻¹H): ``preconditioned``)."""
     m = result.metrics
     if "sharpness" not in m or m["sharpness"].notna().sum() == 0:
         return False
@@ -90,7 +102,8 @@ def eigenvalues(result, ax) -> bool:
                 ax.plot(e.index, e.values, color="black", lw=0.6, alpha=0.5, ls="--",
                         label=("GD λ₂" if len(eig_cols) == 2 else f"GD λ₂…λ{len(eig_cols)}")
                         if c == eig_cols[1] else None)
-    ax.axhline(2 / result.lr, label="2/η", **THRESHOLD)
+    if "preconditioned_sharpness" not in m:
+        threshold_line(result, ax)
     ax.set_xlabel("step")
     ax.set_ylabel("top Hessian eigenvalues")
     ax.legend(fontsize=7)
@@ -157,4 +170,24 @@ def gfs(result, ax) -> bool:
     return True
 
 
-PANELS = {"loss": loss, "eigenvalues": eigenvalues, "distance": distance, "rod": oscillation, "gfs": gfs}
+def preconditioned(result, ax) -> bool:
+    """Each method's preconditioned sharpness λ_max(P⁻¹H) against the optimizer's threshold (RMSProp, Adam, ...)."""
+    m = result.metrics
+    if "preconditioned_sharpness" not in m or m["preconditioned_sharpness"].notna().sum() == 0:
+        return False
+    if ax is None:
+        return True
+    for meth in result.methods:
+        s = result.method(meth)["preconditioned_sharpness"].dropna()
+        if len(s):
+            ax.plot(s.index, s.values, label=f"{meth} λ_max(P⁻¹H)", **style(meth))
+    threshold_line(result, ax)
+    ax.set_yscale("log")
+    ax.set_xlabel("step")
+    ax.set_ylabel("preconditioned sharpness")
+    ax.legend(fontsize=7)
+    return True
+
+
+PANELS = {"loss": loss, "eigenvalues": eigenvalues, "preconditioned": preconditioned, "distance": distance,
+          "rod": oscillation, "gfs": gfs}

@@ -20,8 +20,8 @@ def plot_run(result, outdir=None, fmt: str = "png") -> list[Path]:
     outdir = Path(outdir) if outdir is not None else Path(result.path) / "plots"
     outdir.mkdir(parents=True, exist_ok=True)
     paths = []
-    for name, fn in (("loss", plot_loss), ("sharpness", plot_sharpness), ("distance", plot_distance),
-                     ("gfs", plot_gfs), *_extra_plots()):
+    for name, fn in (("loss", plot_loss), ("sharpness", plot_sharpness), ("preconditioned", plot_preconditioned),
+                     ("distance", plot_distance), ("gfs", plot_gfs), *_extra_plots()):
         fig = fn(result)
         if fig is not None:
             paths.append(save_figure(fig, outdir, name, fmt))
@@ -64,6 +64,11 @@ def plot_loss(result, sigma: float | None = None):
 def plot_sharpness(result):
     """Sharpness of each method's point (and GD's further top eigenvalues) against the threshold 2/η."""
     return panel_figure(result, panels.eigenvalues, "sharpness")
+
+
+def plot_preconditioned(result):
+    """Preconditioned sharpness λ_max(P⁻¹H) against the optimizer's threshold (runs with RMSProp, Adam, ...)."""
+    return panel_figure(result, panels.preconditioned, "preconditioned sharpness")
 
 
 def plot_distance(result):
