@@ -154,10 +154,10 @@ class RodFlow(Process):
         optimizer=None,
     ):
         super().__init__(problem, lr, optimizer)
+        state_keys = tuple(self.rule.init(torch.zeros(1, dtype=problem.dtype)))
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
-            "rod_flow", problem.dtype,
-            integrator or self.rule.flow_integrator(tuple(self.rule.init(torch.zeros(1, dtype=problem.dtype)))),
-            rtol, atol, max_step)
+            "rod_flow", problem.dtype, integrator or self.rule.flow_integrator(state_keys), rtol, atol, max_step,
+            stateful=bool(state_keys))
         self.rod_rtol = DEFAULT_ROD_RTOL[self.integrator] if rod_rtol is None else rod_rtol
         if not (_number(self.rod_rtol) and math.isfinite(self.rod_rtol) and self.rod_rtol > 0):
             raise RodflowError(f"rod_flow rod_rtol must be a finite number > 0, got {rod_rtol!r}")
