@@ -144,10 +144,7 @@ def methods():
     """List the processes (GD and the flows) and their options."""
     from . import processes
 
-    for name in processes.names():
-        doc = (processes.REGISTRY.get(name).__doc__ or "").strip().splitlines()[0]
-        opts = ", ".join(f"{k}={v!r}" for k, v in processes.options(name).items())
-        typer.echo(f"{name:16s} {doc}\n{'':16s} options: {opts or 'none'}")
+    _list_registry(processes, 16)
 
 
 @command
@@ -155,10 +152,15 @@ def optimizers():
     """List the update rules (--optimizer) and their options (--optimizer-opt)."""
     from . import optimizers as registry
 
-    for name in registry.names():
-        doc = (registry.REGISTRY.get(name).__doc__ or "").strip().splitlines()[0]
-        opts = ", ".join(f"{k}={v!r}" for k, v in registry.options(name).items())
-        typer.echo(f"{name:10s} {doc}\n{'':10s} options: {opts or 'none'}")
+    _list_registry(registry, 10)
+
+
+def _list_registry(module, width: int) -> None:
+    """One entry per name of a registry module (``names``, ``REGISTRY``, ``options``): docstring line, options."""
+    for name in module.names():
+        doc = (module.REGISTRY.get(name).__doc__ or "").strip().splitlines()[0]
+        opts = ", ".join(f"{k}={v!r}" for k, v in module.options(name).items())
+        typer.echo(f"{name:{width}s} {doc}\n{'':{width}s} options: {opts or 'none'}")
 
 
 @command

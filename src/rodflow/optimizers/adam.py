@@ -7,14 +7,16 @@ import dataclasses
 import torch
 
 from . import register
-from .base import UpdateRule, check_bool, check_positive, check_unit, ema_rate
+from .base import UpdateRule, check_bool, check_positive, check_unit, moment_rates
 
 
 @register("adam")
 @dataclasses.dataclass(frozen=True)
 class Adam(UpdateRule):
-    """m ← β₁m + (1 − β₁)g, ν ← β₂ν + (1 − β₂)g², w ← w − η m̂/(√ν̂ + ε) with m̂ = m/(1 − β₁ᵗ),
-    ν̂ = ν/(1 − β₂ᵗ) (``bias_correction=False``: m̂ = m, ν̂ = ν).
+    """Adam: w ← w − η m̂/(√ν̂ + ε), m and ν averages of g and g² (torch's Adam).
+
+    m ← β₁m + (1 − β₁)g, ν ← β₂ν + (1 − β₂)g², m̂ = m/(1 − β₁ᵗ), ν̂ = ν/(1 − β₂ᵗ) (``bias_correction=False``:
+    m̂ = m, ν̂ = ν).
 
     P = √ν̂ + ε; with P frozen, stable iff λ_max(P⁻¹H) < (2 + 2β₁)(1 − β₁ᵗ)/((1 − β₁)η) (38/η at β₁ = 0.9 once the
     bias correction has faded). Flows: dm/dt = ((1 − β₁)/β₁)(g − m) (slaved: m̂ = g), dν/dt = ((1 − β₂)/β₂)(g² − ν)
@@ -56,12 +58,7 @@ class Adam(UpdateRule):
         return (-lr / bc1) * (state["m"] / self.preconditioner(state, step))
 
     def dstate_dt(self, state, g, step, keys):
-        out = {}
-        if "m" in keys:
-            out["m"] = (1.0 - self.beta1) * ema_rate(self.beta1, "beta1", self.name) * (g - state["m"])
-        if "v" in keys:
-            out["v"] = (1.0 - self.beta2) * ema_rate(self.beta2, "beta2", self.name) * (g * g - state["v"])
-        return out
+        return moment_rates(self, state, g, keys)
 
     def quasi_static(self, state, g, step):
         bc1, _ = self._corrections(step)

@@ -137,6 +137,17 @@ def ema_rate(decay: float, name: str, rule: str) -> float:
     return 1.0 / decay
 
 
+def moment_rates(rule, state: State, g: Tensor, keys: tuple[str, ...]) -> State:
+    """Post-update dynamics of Adam-type moments m (decay ``rule.beta1``, fed by g) and ν (``rule.beta2``, g²),
+    for those of them in ``keys``."""
+    out = {}
+    if "m" in keys:
+        out["m"] = (1.0 - rule.beta1) * ema_rate(rule.beta1, "beta1", rule.name) * (g - state["m"])
+    if "v" in keys:
+        out["v"] = (1.0 - rule.beta2) * ema_rate(rule.beta2, "beta2", rule.name) * (g * g - state["v"])
+    return out
+
+
 def check_unit(name: str, value, rule: str, closed_low: bool = True) -> float:
     """A hyper-parameter in [0, 1) (or (0, 1)): a one-line error otherwise."""
     ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \

@@ -11,7 +11,7 @@ from .base import UpdateRule
 @register("gd")
 @dataclasses.dataclass(frozen=True)
 class GradientDescent(UpdateRule):
-    """w ← w − η g; stable on a quadratic iff ηλ < 2."""
+    """Plain gradient descent: w ← w − η g; stable on a quadratic iff ηλ < 2."""
 
     name = "gd"
 

@@ -13,7 +13,9 @@ from .base import UpdateRule, check_unit, ema_rate
 @register("momentum")
 @dataclasses.dataclass(frozen=True)
 class HeavyBall(UpdateRule):
-    """b ← βb + g (b = 0 before the first step, so b₁ = g as in torch), w ← w − ηb.
+    """Heavy-ball momentum: b ← βb + g, w ← w − ηb (torch's SGD(momentum=beta)).
+
+    b = 0 before the first step, so b₁ = g as in torch.
 
     Continuous dynamics of the post-update buffer: db/dt = (g − (1 − β) b)/β; slaved: b = g/(1 − β), so the
     stable flow is gradient flow at η/(1 − β). Stable on a quadratic iff

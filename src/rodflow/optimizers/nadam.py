@@ -8,13 +8,15 @@ import math
 import torch
 
 from . import register
-from .base import UpdateRule, check_positive, check_unit, ema_rate, scalar
+from .base import UpdateRule, check_positive, check_unit, moment_rates, scalar
 
 
 @register("nadam")
 @dataclasses.dataclass(frozen=True)
 class NAdam(UpdateRule):
-    """torch's NAdam: μₜ = β₁(1 − ½·0.96^(t ψ)), Πₜ = Πₜ₋₁μₜ, m and ν as in Adam (ν bias-corrected),
+    """NAdam: Adam with Nesterov momentum and a momentum schedule μₜ (torch's NAdam).
+
+    μₜ = β₁(1 − ½·0.96^(t ψ)), Πₜ = Πₜ₋₁μₜ, m and ν as in Adam (ν bias-corrected),
     w ← w − η[(1 − μₜ)/(1 − Πₜ) g + μₜ₊₁/(1 − Πₜμₜ₊₁) m]/(√ν̂ + ε).
 
     With P = √ν̂ + ε frozen, stable iff λ_max(P⁻¹H) < 2(1 + β₁)/(η[(1 + β₁)c₁ + (1 − β₁)c₂]), c₁ and c₂ the two
@@ -71,11 +73,7 @@ class NAdam(UpdateRule):
         return torch.addcdiv(w, new["m"], denom, value=-lr * c2), new
 
     def dstate_dt(self, state, g, step, keys):
-        out = {}
-        if "m" in keys:
-            out["m"] = (1.0 - self.beta1) * ema_rate(self.beta1, "beta1", self.name) * (g - state["m"])
-        if "v" in keys:
-            out["v"] = (1.0 - self.beta2) * ema_rate(self.beta2, "beta2", self.name) * (g * g - state["v"])
+        out = moment_rates(self, state, g, keys)
         if "mu_product" in keys:
             out["mu_product"] = math.log(self.mu(step)) * state["mu_product"]
         return out

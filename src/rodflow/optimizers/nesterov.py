@@ -11,8 +11,9 @@ from .momentum import HeavyBall
 @register("nesterov")
 @dataclasses.dataclass(frozen=True)
 class Nesterov(HeavyBall):
-    """The heavy-ball buffer with torch's Nesterov step w ← w − η(g + βb); stable on a quadratic iff
-    ηλ < 2(1 + β)/(1 + 2β)."""
+    """Nesterov momentum: b ← βb + g, w ← w − η(g + βb) (torch's SGD(nesterov=True)).
+
+    Stable on a quadratic iff ηλ < 2(1 + β)/(1 + 2β)."""
 
     name = "nesterov"
 

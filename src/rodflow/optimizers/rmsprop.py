@@ -13,7 +13,7 @@ from .base import UpdateRule, check_bool, check_positive, check_unit, ema_rate, 
 @register("rmsprop")
 @dataclasses.dataclass(frozen=True)
 class RMSProp(UpdateRule):
-    """ν ← αν + (1 − α) g² (``scalar``: one ν fed by ‖g‖²), w ← w − η g/(√ν + ε).
+    """RMSProp: ν ← αν + (1 − α) g² (``scalar``: one ν fed by ‖g‖²), w ← w − η g/(√ν + ε).
 
     P = √ν + ε; stable with P frozen iff λ_max(P⁻¹H) < 2/η. Flows: dν/dt = ((1 − α)/α)(g² − ν) (science.md §6);
     the rod carries ν as a smooth auxiliary variable."""
