@@ -157,3 +157,28 @@ def test_command_modules_do_not_import_the_cli_back():
                 assert target not in ("..cli", "rodflow.cli"), f"{path.name} imports {target}"
             elif isinstance(node, ast.Import):
                 assert all(a.name != "rodflow.cli" for a in node.names), path.name
+
+
+def test_compare_with_an_optimizer(tmp_path):
+    """s0_fraction places the optimizer's own threshold (heavy ball: 2(1 + β)/η) at S0 / s0_fraction; the default
+    methods are those that model the optimizer; eos_step compares with the recorded threshold."""
+    res = cmp.compare(tiny_config(optimizer="momentum", optimizer_options={"beta": 0.5}), out=tmp_path / "m",
+                      progress=False, plots=False)
+    assert list(res.summary["method"]) == ["gd", "gradient_flow", "rod_flow"]  # central flow models plain GD only
+    s0 = res.initial_sharpness
+    assert res.result.lr == pytest.approx(1.2 * 2 * 1.5 / s0, rel=1e-12)
+    info = json.loads((tmp_path / "m" / "compare.json").read_text())
+    assert info["threshold"] == pytest.approx(s0 / 1.2, rel=1e-9)
+    assert res.summary.set_index("method").loc["gd", "eos_step"] == 0
+    assert "threshold 2(" not in (tmp_path / "m" / "summary.md").read_text()
+    with pytest.raises(RodflowError, match="give lr = η instead"):
+        cmp.compare(tiny_config(optimizer="adam"), out=tmp_path / "a", progress=False)
+    cfg = tiny_config(optimizer="adam", lr=0.01)
+    del cfg["s0_fraction"]
+    adam = cmp.compare(cfg, out=tmp_path / "a2", progress=False, plots=False)
+    table = adam.summary.set_index("method")
+    assert (table["status"] == "ok").all() and "central_flow" not in table.index
+    m = adam.result.metrics
+    gd = m[(m.method == "gd") & m.preconditioned_sharpness.notna()]
+    hit = gd.step[gd.preconditioned_sharpness >= 0.995 * gd.threshold]
+    assert table.loc["gd", "eos_step"] == (hit.iloc[0] if len(hit) else pytest.approx(np.nan, nan_ok=True))

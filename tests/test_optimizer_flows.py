@@ -44,6 +44,8 @@ def _run(problem, lr, steps, name, params, methods=("gd", "gradient_flow", "rod_
                                                          ("slaved", "centred", 0.04)])
 @pytest.mark.parametrize("name,params", STATEFUL)
 def test_stable_flow_is_the_continuous_limit_of_the_optimizer(name, params, fast_state, convention, bound):
+    if fast_state == "slaved" and name == "rmsprop":
+        pytest.skip("RMSProp has no momentum to slave (a one-line error, tested below)")
     """At a fixed horizon η·steps, the stable flow's distance to GD (relative to the path length) shrinks with η:
     the flow is the optimizer's continuous limit, not merely close to it — down to the floor of the moments'
     continuous convention, which does not depend on η (measured: 1e-4 for Adam without bias correction, whose
@@ -185,9 +187,14 @@ def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
     (dict(optimizer="momentum", optimizer_options={"beta": 1.0}), "beta must be a number in \\[0, 1\\)"),
     (dict(optimizer="adam", optimizer_options={"eps": 0}), "eps must be a finite number > 0"),
     (dict(optimizer="adam", methods=("gd", "central_flow")), "central_flow models optimizer gd only"),
-    (dict(optimizer="momentum", optimizer_options={"beta": 0.0},
-          options={"gradient_flow": {"state_convention": "post-update"}}),
-     "gradient_flow with optimizer momentum needs beta > 0"),
+    (dict(optimizer="adam", optimizer_options={"beta1": 0.0},
+          options={"gradient_flow": {"state_convention": "post-update", "fast_state": "ode"}}), None),
+    (dict(optimizer="rmsprop", options={"gradient_flow": {"fast_state": "slaved"}}), "has none \\(drop the option\\)"),
+    (dict(options={"gradient_flow": {"state_convention": "post-update"}}), "applies to optimizers with a state"),
+    (dict(methods=("gd", "rod_flow"), options={"rod_flow": {"rod_state": "none"}}), "plain GD has none"),
+    (dict(optimizer="rmsprop", methods=("gd", "rod_flow"), options={"rod_flow": {"rod_state": "none"}}),
+     "has none \\(drop the option\\)"),
+    (dict(optimizer="adam", optimizer_options={1: 0.5}), "keys must be option names"),
     (dict(options={"gradient_flow": {"state_convention": "pre"}}), "state_convention must be one of centred"),
     (dict(options={"gradient_flow": {"fast_state": "fast"}}), "fast_state must be one of slaved, ode"),
     (dict(optimizer="adam", methods=("gd", "rod_flow"), options={"rod_flow": {"rate": "gd-multiplier"}}),
@@ -201,6 +208,9 @@ def test_bad_optimizer_input_is_a_one_line_error_before_any_work(kwargs, match):
     before = p.counts.grad_evals
     call = dict(lr=0.1, steps=3)
     call.update(kwargs)
+    if match is None:  # accepted (no memory at β₁ = 0: nothing to integrate, so no error)
+        rodflow.simulate(p, **call)
+        return
     with pytest.raises(RodflowError, match=match) as info:
         rodflow.simulate(p, **call)
     assert "\n" not in str(info.value)
@@ -240,17 +250,19 @@ def test_quartic_self_stabilization_under_momentum(name, params, lr):
     assert rod.threshold == pytest.approx(thr, rel=1e-12)
 
 
-@pytest.mark.parametrize("name,params,tol", [("adam", {"beta2": 0.99}, 0.02), ("nadam", {"beta2": 0.99}, 0.02),
-                                             ("rmsprop", {}, 0.02)])
+@pytest.mark.parametrize("name,params,tol", [("adam", {"beta2": 0.99}, 0.03), ("nadam", {"beta2": 0.99}, 0.03),
+                                             ("rmsprop", {}, 0.03)])
 def test_quartic_adaptive_edge_of_stability(name, params, tol):
-    """Adaptive optimizers on the quartic: the rod settles where its preconditioned sharpness sits at the
-    optimizer's threshold (38/η for Adam), the adaptive edge of stability; GD hovers there too."""
+    """Adaptive optimizers on the quartic: the rod hovers where its preconditioned sharpness sits at the
+    optimizer's threshold (38/η for Adam), the adaptive edge of stability (Adam's rod does not settle on a fixed
+    point: its samples spread ±4% around the threshold, so the mean over the last 300 steps is compared); GD
+    hovers there too."""
     p = problems.make("quartic", S=12.0, Q=1.0, w0=0.01)
     r = rodflow.simulate(p, lr=0.01, steps=1500, methods=("gd", "rod_flow"), optimizer=name, optimizer_options=params,
                          sharpness_every=10)
     m = r.metrics
-    rod = m[(m.method == "rod_flow") & m.preconditioned_sharpness.notna()].iloc[-1]
-    assert rod.preconditioned_sharpness == pytest.approx(rod.threshold, rel=tol)
+    rod = m[(m.method == "rod_flow") & m.preconditioned_sharpness.notna() & (m.step > 1200)]
+    assert (rod.preconditioned_sharpness / rod.threshold).mean() == pytest.approx(1.0, abs=tol)
     gd = m[(m.method == "gd") & m.preconditioned_sharpness.notna() & (m.step > 1000)]
     ratio = gd.preconditioned_sharpness / gd.threshold
     assert 0.8 < ratio.mean() < 1.05
@@ -310,3 +322,48 @@ def test_adam_run_figures_show_the_preconditioned_sharpness_against_the_threshol
     (line,) = [ln for ln in ax.lines if ln.get_label() == "threshold"]
     assert np.allclose(line.get_ydata(), 2 * 1.9 / 0.01)
     plt.close(fig)
+
+
+@pytest.mark.parametrize("name,params,keys", [("momentum", {"beta": 0.0}, ()), ("adam", {"beta1": 0.0}, ("v",))])
+def test_a_rule_without_memory_gives_the_stateless_flow(name, params, keys):
+    """Heavy ball at β = 0 is plain GD, Adam at β₁ = 0 has m = g: entries without memory are taken from the update,
+    not integrated, so heavy ball's flow is plain gradient flow (same integrator and tolerances) and Adam's
+    integrates ν alone."""
+    p = _problem()
+    same = {"integrator": "dopri", "rtol": 1e-9, "atol": 1e-12}
+    r = rodflow.simulate(p, lr=0.01, steps=30, methods=("gd", "gradient_flow"), optimizer=name,
+                         optimizer_options=params, sharpness_every=0, options={"gradient_flow": same})
+    flow = processes.make("gradient_flow", p, 0.01, optimizer=optimizers.make(name, **params))
+    assert flow.keys == keys
+    if name == "momentum":
+        plain = rodflow.simulate(p, lr=0.01, steps=30, methods=("gd", "gradient_flow"), sharpness_every=0,
+                                 options={"gradient_flow": same})
+        np.testing.assert_allclose(r.iterates["gradient_flow"], plain.iterates["gradient_flow"], rtol=1e-7)
+    path = np.linalg.norm(r.iterates["gd"][-1] - r.iterates["gd"][0])
+    assert r.metrics.dist_gd.max() < 0.02 * path
+
+
+def test_rule_objects_keep_their_options_and_numpy_values_are_numbers():
+    p = problems.make("quadratic")
+    r = rodflow.simulate(p, lr=0.01, steps=3, methods=("gd",), optimizer=optimizers.make("nesterov", beta=0.1))
+    assert r.config["optimizer"] == "nesterov" and r.config["optimizer_options"] == {"beta": 0.1}
+    named = rodflow.simulate(p, lr=0.01, steps=3, methods=("gd",), optimizer="nesterov",
+                             optimizer_options={"beta": 0.1})
+    np.testing.assert_array_equal(r.iterates["gd"], named.iterates["gd"])
+    with pytest.raises(RodflowError, match="not both"):
+        rodflow.simulate(p, lr=0.01, steps=3, optimizer=optimizers.make("adam"), optimizer_options={"beta1": 0.5})
+    r32 = rodflow.simulate(p, lr=0.01, steps=3, methods=("gd",), optimizer="adam",
+                           optimizer_options={"beta1": np.float32(0.5), "eps": np.int64(1)})
+    assert r32.config["optimizer_options"] == {"beta1": 0.5, "eps": 1.0}
+
+
+@pytest.mark.parametrize("name", ["momentum", "nesterov", "adam", "nadam"])
+def test_flows_that_integrate_momentum_default_to_dormand_prince(name):
+    p = _problem()
+    rule = optimizers.make(name)
+    assert rule.fast
+    assert processes.make("gradient_flow", p, 0.01, optimizer=rule).integrator == "dopri"
+    assert processes.make("rod_flow", p, 0.01, optimizer=rule).integrator == "dopri"
+    slaved = processes.make("gradient_flow", p, 0.01, optimizer=rule, fast_state="slaved")
+    assert not set(slaved.keys) & set(rule.fast)
+    assert processes.make("gradient_flow", p, 0.01, optimizer=optimizers.make("rmsprop")).integrator == "rkc"

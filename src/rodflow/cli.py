@@ -12,8 +12,19 @@ from .commands.base import app, command, parse_options, parse_pairs, parse_value
 from .errors import RodflowError
 
 
+# what `run --resume DIR` may still be told: where and how to run, not what to run
+RESUME_FLAGS = ("resume", "device", "threads", "progress", "plots")
+
+
+def _given(ctx, name: str) -> bool:
+    """Whether the parameter ``name`` was set on the command line (or the environment), not left at its default."""
+    source = ctx.get_parameter_source(name)
+    return source is not None and source.name not in ("DEFAULT", "DEFAULT_MAP")
+
+
 @command
 def run(
+    ctx: typer.Context,
     problem: Optional[str] = typer.Option(None, "--problem", "-p", help="registered problem (see `rodflow problems`)"),
     param: Optional[List[str]] = typer.Option(None, "--param", help="problem parameter key=value (repeatable)"),
     lr: Optional[float] = typer.Option(None, help="learning rate η (default: the problem's suggested one)"),
@@ -51,9 +62,8 @@ def run(
     if resume is None and problem is not None:
         _check_out(out or Path("runs") / problem, overwrite)
     if resume is not None:
-        given = [flag for flag, value in (("--problem", problem), ("--lr", lr), ("--steps", steps), ("--param", param),
-                                          ("--opt", opt), ("--out", out), ("--optimizer", optimizer),
-                                          ("--optimizer-opt", optimizer_opt)) if value not in (None, [], ())]
+        given = ["--" + p.name.replace("_", "-") for p in ctx.command.params
+                 if p.name not in RESUME_FLAGS and _given(ctx, p.name)]
         if given:
             raise RodflowError(f"--resume continues the run as configured in {resume}/config.json; drop "
                                f"{', '.join(given)} (to change the run, start a new one)")
@@ -78,7 +88,7 @@ def run(
             result = rodflow.simulate(
                 prob, lr=lr, steps=1000 if steps is None else steps, methods=methods, reference=reference,
                 sharpness_every=sharpness_every, neigs=neigs, record_iterates=record, dtype=dtype, seed=seed,
-                options=parse_options(opt), optimizer=optimizer or "gd",
+                options=parse_options(opt), optimizer="gd" if optimizer is None else optimizer,
                 optimizer_options=parse_pairs(optimizer_opt, "--optimizer-opt"),
                 out=out or Path("runs") / problem, checkpoint_every=checkpoint_every, progress=progress,
                 gfs_every=gfs_every, gfs_options=parse_pairs(gfs_opt, "--gfs-opt"),
@@ -119,7 +129,7 @@ def _report(result, plots: bool) -> None:
 
     summary = result.summary()
     summary.to_csv(result.path / "summary.csv", index=False)
-    typer.echo(f"{result.config['problem']['name']}: η = {result.lr:g}, 2/η = {2 / result.lr:g}, "
+    typer.echo(f"{result.config['problem']['name']}: η = {result.lr:g}, {_threshold_text(result)}, "
                f"{result.config['steps']} steps -> {result.path}")
     typer.echo(format_table(summary))
     if plots:
@@ -127,6 +137,21 @@ def _report(result, plots: bool) -> None:
 
         for path in plot_run(result):
             typer.echo(f"plot: {path}")
+
+
+def _threshold_text(result) -> str:
+    """The run's stability threshold as the summary line states it: 2/η for GD, else the optimizer's."""
+    from . import optimizers
+
+    cfg = result.config
+    if cfg.get("optimizer", "gd") == "gd":
+        return f"2/η = {2 / result.lr:g}"
+    rule = optimizers.make(cfg["optimizer"], **cfg.get("optimizer_options", {}))
+    if rule.preconditioned:
+        return f"optimizer {rule}, threshold on λ_max(P⁻¹H) (column threshold)"
+    import torch
+
+    return f"optimizer {rule}, threshold {rule.threshold(rule.init(torch.zeros(1)), result.lr, 1e6):g}"
 
 
 @command
@@ -183,7 +208,26 @@ def summary(run_dir: Path = typer.Argument(..., help="a run directory")):
 
 
 def main(argv: list[str] | None = None) -> None:
-    app(args=argv, prog_name="rodflow")
+    """The ``rodflow`` entry point: usage errors (a missing value, a bad number, an unknown flag) end in one line
+    on stderr naming the command's --help, exit status 2, like every other bad input."""
+    import sys
+
+    # typer may vendor click: its usage-error class is the base of the BadParameter it exports
+    usage_error = next(c for c in typer.BadParameter.__mro__ if c.__name__ == "UsageError")
+    args = sys.argv[1:] if argv is None else list(argv)
+    if not args:  # no arguments: the help text
+        app(args=args, prog_name="rodflow")
+        return
+    try:
+        rc = app(args=args, prog_name="rodflow", standalone_mode=False)
+    except usage_error as exc:
+        where = f"{exc.ctx.command_path} --help" if exc.ctx is not None else "rodflow --help"
+        typer.echo(f"error: {exc.format_message()} (see {where})", err=True)
+        raise SystemExit(2) from None
+    except typer.Abort:
+        typer.echo("Aborted.", err=True)
+        raise SystemExit(1) from None
+    raise SystemExit(rc if isinstance(rc, int) else 0)
 
 
 # Command groups in rodflow/commands/ (theory, gfs, compare, sweep, ...) register themselves on `app`.

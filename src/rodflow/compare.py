@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
 from . import problems, processes
 from .configfile import read_toml
@@ -55,10 +56,17 @@ class Comparison:
     initial_sharpness: float | None
 
 
-def default_methods() -> list[str]:
-    """Every registered method: GD and the known flows first, then any others."""
-    names = processes.names()
+def default_methods(optimizer: str = "gd") -> list[str]:
+    """Every registered method that models ``optimizer``: GD and the known flows first, then any others."""
+    names = [m for m in processes.names()
+             if processes.REGISTRY.get(m).optimizers is None or optimizer in processes.REGISTRY.get(m).optimizers]
     return [m for m in ORDER if m in names] + [m for m in names if m not in ORDER]
+
+
+def _rule(config: dict[str, Any]):
+    from . import optimizers
+
+    return optimizers.make(config.get("optimizer", "gd"), **dict(config.get("optimizer_options", {})))
 
 
 def load_config(path: str | os.PathLike) -> dict[str, Any]:
@@ -80,8 +88,12 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
             raise RodflowError(f"s0_fraction must be a positive number, got {f!r}")
     if not isinstance(config.get("params", {}), dict) or not isinstance(config.get("options", {}), dict):
         raise RodflowError("params and options must be TOML tables ([params], [options.<method>])")
+    rule = _rule(config)
+    if "s0_fraction" in config and rule.preconditioned:
+        raise RodflowError(f"s0_fraction sets η from the Hessian's sharpness, but optimizer {rule.name!r} has its "
+                           "threshold on λ_max(P⁻¹H): give lr = η instead")
     config.setdefault("steps", 200)
-    config.setdefault("methods", default_methods())
+    config.setdefault("methods", default_methods(rule.name))
     config.setdefault("name", config["problem"])
     return config
 
@@ -107,12 +119,15 @@ def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike |
         if lr is None:
             if not s0 > 0:
                 raise RodflowError(f"initial sharpness is {s0:.3g} <= 0; give lr explicitly")
-            lr = 2.0 * float(config["s0_fraction"]) / s0
+            rule = _rule(config)  # threshold ∝ 1/η: the η whose threshold is S0 / s0_fraction
+            lr = float(config["s0_fraction"]) * rule.threshold(rule.init(problem.w0), 1.0, 1e6) / s0
     result = simulate(problem, lr=lr, steps=config["steps"], methods=config["methods"],
                       options=config.get("options", {}), out=out, progress=progress, **sim_kwargs)
     table = summary_table(result)
     table.to_csv(out / "summary.csv", index=False)
-    info = {"config": config, "lr": lr, "threshold": 2.0 / lr, "initial_sharpness": s0}
+    rule = _rule(config)
+    info = {"config": config, "lr": lr, "optimizer": str(rule), "initial_sharpness": s0,
+            "threshold": None if rule.preconditioned else rule.threshold(rule.init(problem.w0), lr, 1e6)}
     if s0 is not None:
         info["initial_sharpness_seconds"] = s0_seconds
     write_json(out / "compare.json", info)
@@ -126,17 +141,22 @@ def summary_table(result: Result) -> pd.DataFrame:
     """The run's per-method summary (rodflow.summary) plus the edge-of-stability facts and relative cost.
 
     Added columns: ``eos_step`` (first step whose sharpness, measured at the method's own point, reaches
-    ``EOS_FRACTION`` · 2/η: central flow holds its sharpness at 2/η up to the eigensolver's tolerance),
+    ``EOS_FRACTION`` · 2/η, or of the optimizer's threshold on its (preconditioned) sharpness: central flow holds
+    its sharpness at 2/η up to the eigensolver's tolerance),
     ``time_vs_gd`` (seconds relative to GD's), ``rod_vs_gd_osc`` (mean over steps of |rod length −
     GD half step| / mean GD half step, rod flow only).
     """
     table = result.summary()
-    thr = 2.0 / result.lr
     eos, tvg = [], []
     gd_wall = float(table.loc[table["method"] == "gd", "wall_s"].iloc[0]) if (table["method"] == "gd").any() else None
+    # the quantity the optimizer's threshold bounds: λ_max(P⁻¹H) with a preconditioner, else λ_max(H); the
+    # threshold recorded by the method (2/η for plain GD, whose runs do not record it)
+    col = "preconditioned_sharpness" if "preconditioned_sharpness" in result.metrics else "sharpness"
     for m in table["method"]:
-        s = result.method(m)["sharpness"].dropna() if "sharpness" in result.metrics else pd.Series(dtype=float)
-        hit = s.index[s.values >= EOS_FRACTION * thr]
+        df = result.method(m)
+        s = df[col].dropna() if col in result.metrics else pd.Series(dtype=float)
+        thr = df["threshold"].reindex(s.index) if "threshold" in df else pd.Series(2.0 / result.lr, index=s.index)
+        hit = s.index[s.values >= EOS_FRACTION * thr.values]
         eos.append(int(hit[0]) if len(hit) else np.nan)
         wall = float(table.loc[table["method"] == m, "wall_s"].iloc[0])
         tvg.append(wall / gd_wall if gd_wall else np.nan)
@@ -181,9 +201,13 @@ def _fmt(v) -> str:
 
 def markdown_report(result: Result, table: pd.DataFrame, s0: float | None) -> str:
     cfg = result.config
+    opt = cfg.get("optimizer", "gd")
+    rule = _rule(cfg)
+    limit = f"2/η = {2 / result.lr:.4g}" if opt == "gd" else (
+        f"optimizer {rule}, threshold on λ_max(P⁻¹H)" if rule.preconditioned
+        else f"optimizer {rule}, threshold {rule.threshold(rule.init(torch.zeros(1)), result.lr, 1e6):.4g}")
     head = (f"**{cfg['problem']['name']}** (d = {cfg['problem']['d']}, {cfg['dtype']}), η = {result.lr:.4g}, "
-            f"2/η = {2 / result.lr:.4g}" + (f", initial sharpness {s0:.4g}" if s0 is not None else "")
-            + f", {cfg['steps']} steps")
+            f"{limit}" + (f", initial sharpness {s0:.4g}" if s0 is not None else "") + f", {cfg['steps']} steps")
     params = ", ".join(f"{k}={v}" for k, v in cfg["problem"]["params"].items())
     return f"{head}\n\nparameters: {params}\n\n{markdown_table(table)}\n"
 

@@ -125,7 +125,17 @@ class RunConfig:
         if not isinstance(self.optimizer_options or {}, Mapping):
             raise RodflowError("optimizer_options must map an option to its value, e.g. {'beta1': 0.9}")
         optimizer_options = dict(self.optimizer_options or {})
-        rule = optimizers.make(self.optimizer, **optimizer_options)
+        bad = [k for k in optimizer_options if not isinstance(k, str)]
+        if bad:
+            raise RodflowError(f"optimizer_options keys must be option names (strings), got {bad[0]!r}")
+        name = self.optimizer
+        if isinstance(name, optimizers.UpdateRule):  # a rule object: its name and options are what config.json keeps
+            if optimizer_options:
+                raise RodflowError("give either an optimizer rule object or a name with optimizer_options, not both")
+            name, optimizer_options = name.name, {k: v for k, v in name.options().items()
+                                                  if v != optimizers.options(name.name)[k]}
+        rule = optimizers.make(name, **optimizer_options)
+        optimizer_options = {k: rule.options()[k] for k in optimizer_options}  # plain Python values for config.json
         for m in methods:  # validates option names and values, and that each method models the optimizer
             processes.make(m, problem, lr, optimizer=rule, **options.get(m, {}))
         gfs_options = dict(self.gfs_options or {})

@@ -53,8 +53,10 @@ def summarize(result) -> pd.DataFrame:
         row.update(_ends_distance(result, m))
         if smooth is not None and "loss_pred" in df:
             both = pd.concat([df["loss_pred"], smooth], axis=1, keys=["pred", "gd"]).dropna()
-            scale = both["gd"].abs().sum()
-            row["loss_pred_err"] = float((both["pred"] - both["gd"]).abs().sum() / scale) if scale > 0 else np.nan
+            with np.errstate(all="ignore"):  # a diverged run's infinite losses give NaN, not a warning
+                scale = both["gd"].abs().sum()
+                err = (both["pred"] - both["gd"]).abs().sum() / scale if 0 < scale < np.inf else np.nan
+            row["loss_pred_err"] = float(err)
         for col in ("grad_evals", "hvps", "d3", "sharpness_hvps"):
             if col in df:
                 row[col] = int(df[col].fillna(0).sum())

@@ -160,9 +160,10 @@ def optimizer_checks(out: Path) -> list[dict]:
         ax.axhline(star, color="grey", ls=":", lw=0.8)
     r = simulate(problems.make("quartic", S=S, Q=Q, w0=0.01), lr=0.01, steps=1500, methods=["gd", "rod_flow"],
                  optimizer="adam", optimizer_options={"beta2": 0.99}, sharpness_every=10, progress=False)
-    rod = r.method("rod_flow").dropna(subset=["preconditioned_sharpness"]).iloc[-1]
-    rows.append(dict(check="quartic, adam(beta2=0.99): rod preconditioned sharpness", measured=rod.preconditioned_sharpness,
-                     predicted=rod.threshold, ok=abs(rod.preconditioned_sharpness / rod.threshold - 1) < 0.02))
+    rod = r.method("rod_flow").dropna(subset=["preconditioned_sharpness"])
+    ratio = float((rod.preconditioned_sharpness / rod.threshold)[rod.index > 1200].mean())
+    rows.append(dict(check="quartic, adam(beta2=0.99): rod λ_max(P⁻¹H) / threshold, mean t>1200", measured=ratio,
+                     predicted=1.0, ok=abs(ratio - 1) < 0.03))
     ax.set_xlabel("t"), ax.set_yscale("log"), ax.legend(fontsize=7)
     ax.set_title(f"quartic S={S:g}, Q={Q:g}: self-stabilisation under momentum", fontsize=10)
     fig.savefig(out / "optimizer_quartic.png", dpi=150, bbox_inches="tight"), plt.close(fig)

@@ -24,7 +24,7 @@ class Adam(UpdateRule):
 
     name = "adam"
     preconditioned = True
-    oscillatory = True
+    fast = ("m",)
     smooth = ("v",)
     beta1: float = 0.9
     beta2: float = 0.999
@@ -35,7 +35,7 @@ class Adam(UpdateRule):
         object.__setattr__(self, "beta1", check_unit("beta1", self.beta1, self.name))
         object.__setattr__(self, "beta2", check_unit("beta2", self.beta2, self.name))
         object.__setattr__(self, "eps", check_positive("eps", self.eps, self.name))
-        check_bool("bias_correction", self.bias_correction, self.name)
+        object.__setattr__(self, "bias_correction", check_bool("bias_correction", self.bias_correction, self.name))
 
     def _corrections(self, step):
         if not self.bias_correction:
@@ -59,6 +59,9 @@ class Adam(UpdateRule):
 
     def dstate_dt(self, state, g, step, keys):
         return moment_rates(self, state, g, keys)
+
+    def instantaneous(self):
+        return tuple(k for k, b in (("m", self.beta1), ("v", self.beta2)) if b == 0)
 
     def quasi_static(self, state, g, step):
         bc1, _ = self._corrections(step)

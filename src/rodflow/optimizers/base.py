@@ -31,8 +31,10 @@ rod flow then run it (central flow says which rules it models).
 from __future__ import annotations
 
 import math
+import numbers
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
 
 from ..errors import RodflowError
@@ -93,6 +95,11 @@ class UpdateRule:
         raise RodflowError(f"optimizer {self.name}: the centred state update did not converge (the update of its "
                            "state is not a contraction); use gradient_flow state_convention='post-update'")
 
+    def instantaneous(self) -> tuple[str, ...]:
+        """State entries with no memory at these options (an average with decay 0: the momentum buffer at β = 0
+        is the gradient itself); the stable flow takes them from ``update_state`` instead of integrating them."""
+        return ()
+
     def quasi_static(self, state: State, g: Tensor, step: float) -> State:
         """The state with its ``fast`` entries at their fixed point for gradient g."""
         return state
@@ -148,9 +155,14 @@ def moment_rates(rule, state: State, g: Tensor, keys: tuple[str, ...]) -> State:
     return out
 
 
+def _real(value) -> bool:
+    """A real number (Python or NumPy), not a bool."""
+    return isinstance(value, numbers.Real) and not isinstance(value, (bool, np.bool_))
+
+
 def check_unit(name: str, value, rule: str, closed_low: bool = True) -> float:
     """A hyper-parameter in [0, 1) (or (0, 1)): a one-line error otherwise."""
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) \
+    ok = _real(value) and math.isfinite(value) \
         and (0.0 <= value if closed_low else 0.0 < value) and value < 1.0
     if not ok:
         interval = "[0, 1)" if closed_low else "(0, 1)"
@@ -159,16 +171,16 @@ def check_unit(name: str, value, rule: str, closed_low: bool = True) -> float:
 
 
 def check_positive(name: str, value, rule: str) -> float:
-    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+    ok = _real(value) and math.isfinite(value) and value > 0
     if not ok:
         raise RodflowError(f"optimizer {rule}: {name} must be a finite number > 0, got {value!r}")
     return float(value)
 
 
 def check_bool(name: str, value, rule: str) -> bool:
-    if not isinstance(value, bool):
+    if not isinstance(value, (bool, np.bool_)):
         raise RodflowError(f"optimizer {rule}: {name} must be true or false, got {value!r}")
-    return value
+    return bool(value)
 
 
 def scalar(x: float, like: Tensor) -> Tensor:

@@ -42,6 +42,9 @@ class HeavyBall(UpdateRule):
             return {}
         return {"b": (g - (1.0 - self.beta) * state["b"]) * ema_rate(self.beta, "beta", self.name)}
 
+    def instantaneous(self):
+        return ("b",) if self.beta == 0 else ()
+
     def quasi_static(self, state, g, step):
         return {**state, "b": g / (1.0 - self.beta)}
 

@@ -26,7 +26,7 @@ class NAdam(UpdateRule):
 
     name = "nadam"
     preconditioned = True
-    oscillatory = True
+    fast = ("m",)
     smooth = ("v", "mu_product")
     beta1: float = 0.9
     beta2: float = 0.999
@@ -77,6 +77,9 @@ class NAdam(UpdateRule):
         if "mu_product" in keys:
             out["mu_product"] = math.log(self.mu(step)) * state["mu_product"]
         return out
+
+    def instantaneous(self):
+        return ("v",) if self.beta2 == 0 else ()
 
     def quasi_static(self, state, g, step):
         return {**state, "m": g}

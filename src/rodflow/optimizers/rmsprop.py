@@ -28,7 +28,7 @@ class RMSProp(UpdateRule):
     def __post_init__(self):
         object.__setattr__(self, "alpha", check_unit("alpha", self.alpha, self.name))
         object.__setattr__(self, "eps", check_positive("eps", self.eps, self.name))
-        check_bool("scalar", self.scalar, self.name)
+        object.__setattr__(self, "scalar", check_bool("scalar", self.scalar, self.name))
 
     def _feed(self, g):
         return g.square().sum().reshape(1) if self.scalar else g * g
@@ -40,6 +40,9 @@ class RMSProp(UpdateRule):
         if self.scalar:
             return {"v": state["v"] * self.alpha + (1.0 - self.alpha) * self._feed(g)}
         return {"v": torch.addcmul(state["v"] * self.alpha, g, g, value=1.0 - self.alpha)}
+
+    def instantaneous(self):
+        return ("v",) if self.alpha == 0 else ()
 
     def preconditioner(self, state, step):
         return state["v"].sqrt() + self.eps

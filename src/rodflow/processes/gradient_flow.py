@@ -27,9 +27,8 @@ _TOLERANCES = {
 
 
 # Flows of an optimizer with a state (momentum, Adam, ...): dopri at (1e-5, 1e-7) changed the mean distance to GD
-# and the loss error by <= 0.03% against its tight default on the demo network (heavy ball, Adam) and
-# reference-mlp (Adam), for 2.7-3.7x fewer gradients with heavy ball (Adam's flows are stability-limited there:
-# unchanged). docs/optimizers.md.
+# and the loss error by <= 0.08% against its tight default on the demo network (heavy ball, Adam), for 2.4-3.7x
+# fewer gradients (docs/optimizers.md).
 _STATEFUL_TOLERANCES = {"dopri": {torch.float64: (1e-5, 1e-7), torch.float32: (3e-5, 1e-7)}}
 
 
@@ -104,7 +103,15 @@ class GradientFlow(Process):
         probe = torch.zeros(1, dtype=problem.dtype)
         init = self.rule.init(probe)
         self.stateful = bool(init)
-        self.keys = tuple(k for k in sorted(init) if not (self.slaved and k in self.rule.fast))  # integrated
+        if self.slaved and not self.rule.fast:
+            raise RodflowError(f"gradient_flow fast_state='slaved' holds momentum entries; optimizer "
+                               f"{self.rule.name!r} has none (drop the option)")
+        if not self.centred and not self.stateful:
+            raise RodflowError(f"gradient_flow state_convention applies to optimizers with a state; optimizer "
+                               f"{self.rule.name!r} has none (drop the option)")
+        self.instant = self.rule.instantaneous()  # no memory: taken from the update, not integrated
+        self.keys = tuple(k for k in sorted(init)
+                          if not (self.slaved and k in self.rule.fast) and k not in self.instant)  # integrated
         if self.keys and not self.centred:  # the dynamics must exist (e.g. beta > 0): a one-line error now
             self.rule.dstate_dt(init, probe, 1.0, self.keys)
         self.integrator, self.rtol, self.atol, self.max_step = integration_options(
@@ -117,8 +124,7 @@ class GradientFlow(Process):
             return -self.lr * self.problem.grad(y)
         w, state, step = self._split(y)
         g = self.problem.grad(w)
-        if self.slaved:
-            state = self.rule.quasi_static(state, g, step)
+        state = self._complete(state, g, step)
         if self.centred:  # y holds s(t) ≈ (s_t + s_{t+1})/2; the step count of the update s_t → s_{t+1} is t + 1
             ds = self.rule.centred_rate(state, g, step + 0.5, self.keys)
         else:
@@ -126,6 +132,16 @@ class GradientFlow(Process):
         one = torch.ones(1, dtype=y.dtype, device=y.device)  # the step count advances with time
         return torch.cat([self.rule.increment(state, g, self.lr, step), *[ds[k].reshape(-1) for k in self.keys],
                           one])
+
+    def _complete(self, state, g, step):
+        """The integrated entries plus the slaved ones (momentum at its fixed point) and those without memory."""
+        if self.slaved:
+            state = self.rule.quasi_static(state, g, step)
+        if self.instant:
+            full = {**{k: torch.zeros_like(v) for k, v in self.rule.init(g).items()}, **state}
+            new = self.rule.update_state(full, g, step)
+            state = {**state, **{k: new[k] for k in self.instant}}
+        return state
 
     def _split(self, y):
         """(w, integrated optimizer state, step count) of a stateful flow's vector y = (w, state, step)."""
@@ -172,9 +188,9 @@ class GradientFlow(Process):
         obs = super().observe()
         if self.stateful:
             _, state, step = self._split(self.y)
-            if self.slaved:
+            if self.slaved or self.instant:
                 _, g = self.problem.loss_grad(self.w)
-                state = self.rule.quasi_static(state, g, step)
+                state = self._complete(state, g, step)
             obs.scalars.update(self.optimizer_scalars(state, step))
             obs.preconditioner = self.rule.preconditioner(state, step)
         return obs

@@ -181,10 +181,15 @@ class RodFlow(Process):
         if rod_state not in ROD_STATES:
             raise RodflowError(f"rod_flow rod_state must be one of {', '.join(ROD_STATES)}, got {rod_state!r}")
         self.keys = tuple(sorted(self.rule.init(torch.zeros(1, dtype=problem.dtype))))
+        if not self.keys and rod_state != "momentum":
+            raise RodflowError("rod_flow rod_state applies to optimizers with a state; plain GD has none (drop the option)")
         if self.keys:
             if rate != "linear":
                 raise RodflowError(f"rod_flow rate={rate!r} models plain GD; with optimizer {self.rule.name!r} use "
                                    "rate='linear'")
+            if rod_state == "none" and all(k in self.rule.smooth for k in self.keys):
+                raise RodflowError(f"rod_flow rod_state='none' takes the half-vector off momentum entries; optimizer "
+                                   f"{self.rule.name!r} has none (drop the option)")
             rod = (lambda k: k not in self.rule.smooth) if rod_state == "momentum" else (lambda k: False)
             self.rod_keys = tuple(k for k in self.keys if rod(k))
             self.aux_keys = tuple(k for k in self.keys if not rod(k)) + ("step",)
