@@ -85,3 +85,15 @@ def test_a_sweep_varies_the_optimizer_and_its_options(tmp_path):
     assert seen == {("momentum", 0.5), ("momentum", 0.8), ("nesterov", 0.5), ("nesterov", 0.8)}
     with pytest.raises(RodflowError, match="optimizer_options.KEY"):
         sw.expand({**config, "grid": {"optimizer_options": [{"beta": 0.5}]}})
+
+
+def test_a_sweep_with_a_misspelt_optimizer_or_option_is_refused_before_any_run(tmp_path):
+    base = {"name": "o", "problem": "quadratic", "lr": 0.05, "steps": 3, "methods": "gd", "sharpness_every": 0}
+    for extra, match in (({"optimizer": "adm"}, "did you mean 'adam'"),
+                         ({"optimizer": "adam", "grid": {"optimizer_options.beta": [0.5]}}, "has no parameter 'beta'")):
+        sweep = sw.expand({**base, **extra})
+        with pytest.raises(RodflowError, match=match):
+            sw.run_sweep(sweep, out=tmp_path / "s", workers=1, progress=False)
+        assert not (tmp_path / "s" / "runs").exists()
+    with pytest.raises(RodflowError, match="optimizer_options.KEY"):
+        sw.expand({**base, "grid": {"beta1": [0.5]}})

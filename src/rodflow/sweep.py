@@ -212,7 +212,8 @@ def _resolve_key(key: str, spec: dict[str, Any]) -> str:
     hint = f" (did you mean {close[0]!r}?)" if close else ""
     raise RodflowError(
         f"sweep key {key!r} is neither a simulate keyword ({', '.join(TOP_KEYS)}) nor a parameter of problem "
-        f"{name!r}{hint}; use params.NAME for problem parameters and options.METHOD.KEY for method options"
+        f"{name!r}{hint}; use params.NAME for problem parameters, options.METHOD.KEY for method options and "
+        "optimizer_options.KEY for optimizer options"
     )
 
 
@@ -549,13 +550,16 @@ def run_sweep(
 
 
 def _check_runs(sweep: Sweep) -> None:
-    """Catch a typo in a sweep key before anything runs (problem names and parameter names)."""
-    from . import problems
+    """Catch a typo in a sweep key before anything runs (problem, optimizer and their parameter names)."""
+    from . import optimizers, problems
     from .registry import check_params
 
     for run in sweep.runs:
         name = run.spec["problem"]
         check_params("problem", name, problems.REGISTRY.get(name), run.problem_params(), skip=("dtype",))
+        rule = run.spec.get("optimizer", "gd")
+        if isinstance(rule, str):
+            check_params("optimizer", rule, optimizers.REGISTRY.get(rule), run._under("optimizer_options"))
 
 
 def _kind(status: str) -> str:
