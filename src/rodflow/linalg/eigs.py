@@ -264,9 +264,14 @@ class SharpnessTracker:
         self.generator = torch.Generator().manual_seed(seed)
         self.basis: Tensor | None = None
 
-    def __call__(self, w: Tensor) -> EigResult:
+    def __call__(self, w: Tensor, scale: Tensor | None = None) -> EigResult:
+        """The top-k eigenpairs of H(w), or of S H(w) S with S = diag(``scale``) (a d-vector, or one value)."""
+        matmat = self.problem.hvp_operator(w)
+        if scale is not None:
+            hvp, s = matmat, scale.to(w.dtype).reshape(-1, 1)
+            matmat = lambda V: s * hvp(s * V)  # noqa: E731
         result = top_eigs(
-            self.problem.hvp_operator(w),
+            matmat,
             self.problem.d,
             self.k,
             X0=self.basis,

@@ -7,9 +7,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-import torch
-
-from ..linalg.eigs import top_eigs
+from ..linalg.eigs import SharpnessTracker
 from . import register
 from .base import Measurement
 
@@ -27,9 +25,7 @@ class PreconditionedSharpness(Measurement):
 
     def __init__(self, problem, seed: int, tol: float | None = None):
         super().__init__(problem, seed)
-        self.tol = tol
-        self.generator = torch.Generator().manual_seed(seed + 7919)
-        self.basis: torch.Tensor | None = None
+        self.tracker = SharpnessTracker(problem, 1, tol, seed=seed + 7919)
 
     def blank(self) -> dict[str, Any]:
         return {"preconditioned_sharpness": math.nan}
@@ -38,15 +34,8 @@ class PreconditionedSharpness(Measurement):
         P = observation.preconditioner
         if P is None:
             return {"preconditioned_sharpness_reason": "the process shows no preconditioner"}
-        w = observation.point
-        scale = P.to(w.dtype).rsqrt().reshape(-1, 1)  # (d, 1) or (1, 1) for a scalar preconditioner
-        hvp = self.problem.hvp_operator(w)
-        res = top_eigs(lambda V: scale * hvp(scale * V), self.problem.d, 1, X0=self.basis, tol=self.tol,
-                       dtype=w.dtype, generator=self.generator, device=w.device)
-        row: dict[str, Any] = {"preconditioned_sharpness_hvps": res.hvps,
-                               "pre_eig_converged": float(res.converged)}
-        if bool(torch.isfinite(res.basis).all()):
-            self.basis = res.basis
+        res = self.tracker(observation.point, scale=P.rsqrt())  # P^{-1/2} H P^{-1/2}
+        row: dict[str, Any] = {"preconditioned_sharpness_hvps": res.hvps, "pre_eig_converged": float(res.converged)}
         if not res.converged:
             row["preconditioned_sharpness_reason"] = res.reason
             return row
@@ -57,7 +46,7 @@ class PreconditionedSharpness(Measurement):
         return {"pre_eig_converged": 0.0, "preconditioned_sharpness_reason": reason}
 
     def state_dict(self) -> dict[str, Any]:
-        return {} if self.basis is None else {"basis": self.basis.detach().cpu().numpy().copy()}
+        return self.tracker.state_dict()
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.basis = torch.as_tensor(state["basis"], device=self.problem.device) if "basis" in state else None
+        self.tracker.load_state_dict(state, device=self.problem.device)

@@ -30,6 +30,7 @@ rod flow then run it (central flow says which rules it models).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import numbers
 from typing import Any, ClassVar
@@ -77,8 +78,8 @@ class UpdateRule:
         iteration (a contraction with factor (1 − a)/2 for an average with decay a). Matches the map to second
         order (an exponential average's rate becomes 2(1 − a)/(1 + a) ≈ −ln a), where the post-update convention
         of ``dstate_dt`` is first order; it needs nothing but ``update_state``."""
-        delta = {k: v for k, v in self.update_state(state, g, step).items()}
-        delta = {k: delta[k] - state[k] for k in keys}
+        new = self.update_state(state, g, step)
+        delta = {k: new[k] - state[k] for k in keys}
         for _ in range(200):
             before = {**state, **{k: state[k] - 0.5 * delta[k] for k in keys}}
             new = self.update_state(before, g, step)
@@ -92,6 +93,8 @@ class UpdateRule:
                 delta[k] = d
             if change <= 8 * torch.finfo(g.dtype).eps * scale:
                 return delta
+            if not math.isfinite(change):
+                raise RodflowError(f"optimizer {self.name}: non-finite state update (gradient or state not finite)")
         raise RodflowError(f"optimizer {self.name}: the centred state update did not converge (the update of its "
                            "state is not a contraction); use gradient_flow state_convention='post-update'")
 
@@ -111,10 +114,10 @@ class UpdateRule:
         return 2.0 / lr
 
     def options(self) -> dict[str, Any]:
-        import dataclasses
-
-        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)} if dataclasses.is_dataclass(self) \
-            else {}
+        """The rule's options (its dataclass fields) and their values."""
+        if not dataclasses.is_dataclass(self):
+            return {}
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
 
     # ---------------------------------------------------------------------------------------- derived
     def step(self, w: Tensor, state: State, g: Tensor, lr: float, step: float) -> tuple[Tensor, State]:
