@@ -129,7 +129,9 @@ def _report(result, plots: bool) -> None:
 
     summary = result.summary()
     summary.to_csv(result.path / "summary.csv", index=False)
-    typer.echo(f"{result.config['problem']['name']}: η = {result.lr:g}, {_threshold_text(result)}, "
+    from .optimizers import threshold_text
+
+    typer.echo(f"{result.config['problem']['name']}: η = {result.lr:g}, {threshold_text(result.config, result.lr)}, "
                f"{result.config['steps']} steps -> {result.path}")
     typer.echo(format_table(summary))
     if plots:
@@ -137,21 +139,6 @@ def _report(result, plots: bool) -> None:
 
         for path in plot_run(result):
             typer.echo(f"plot: {path}")
-
-
-def _threshold_text(result) -> str:
-    """The run's stability threshold as the summary line states it: 2/η for GD, else the optimizer's."""
-    from . import optimizers
-
-    cfg = result.config
-    if cfg.get("optimizer", "gd") == "gd":
-        return f"2/η = {2 / result.lr:g}"
-    rule = optimizers.make(cfg["optimizer"], **cfg.get("optimizer_options", {}))
-    if rule.preconditioned:
-        return f"optimizer {rule}, threshold on λ_max(P⁻¹H) (column threshold)"
-    import torch
-
-    return f"optimizer {rule}, threshold {rule.threshold(rule.init(torch.zeros(1)), result.lr, 1e6):g}"
 
 
 @command

@@ -31,7 +31,6 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-import torch
 
 from . import problems, processes
 from .configfile import read_toml
@@ -105,6 +104,7 @@ def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike |
         config = load_config(config)
     config = check_config(config)
     out = Path(out) if out is not None else Path("runs") / str(config["name"])
+    rule = _rule(config)
     sim_kwargs = {k: v for k, v in config.items() if k in _SIM_KEYS}
     dtype = sim_kwargs.get("dtype", "float64")
     problem = problems.make(config["problem"], dtype=dtype, device=sim_kwargs.get("device"),
@@ -119,13 +119,12 @@ def compare(config: dict[str, Any] | str | os.PathLike, out: str | os.PathLike |
         if lr is None:
             if not s0 > 0:
                 raise RodflowError(f"initial sharpness is {s0:.3g} <= 0; give lr explicitly")
-            rule = _rule(config)  # threshold ∝ 1/η: the η whose threshold is S0 / s0_fraction
+            # the threshold is ∝ 1/η: the η whose threshold is S0 / s0_fraction
             lr = float(config["s0_fraction"]) * rule.threshold(rule.init(problem.w0), 1.0, 1e6) / s0
     result = simulate(problem, lr=lr, steps=config["steps"], methods=config["methods"],
                       options=config.get("options", {}), out=out, progress=progress, **sim_kwargs)
     table = summary_table(result)
     table.to_csv(out / "summary.csv", index=False)
-    rule = _rule(config)
     info = {"config": config, "lr": lr, "optimizer": str(rule), "initial_sharpness": s0,
             "threshold": None if rule.preconditioned else rule.threshold(rule.init(problem.w0), lr, 1e6)}
     if s0 is not None:
@@ -201,13 +200,11 @@ def _fmt(v) -> str:
 
 def markdown_report(result: Result, table: pd.DataFrame, s0: float | None) -> str:
     cfg = result.config
-    opt = cfg.get("optimizer", "gd")
-    rule = _rule(cfg)
-    limit = f"2/η = {2 / result.lr:.4g}" if opt == "gd" else (
-        f"optimizer {rule}, threshold on λ_max(P⁻¹H)" if rule.preconditioned
-        else f"optimizer {rule}, threshold {rule.threshold(rule.init(torch.zeros(1)), result.lr, 1e6):.4g}")
+    from .optimizers import threshold_text
+
     head = (f"**{cfg['problem']['name']}** (d = {cfg['problem']['d']}, {cfg['dtype']}), η = {result.lr:.4g}, "
-            f"{limit}" + (f", initial sharpness {s0:.4g}" if s0 is not None else "") + f", {cfg['steps']} steps")
+            f"{threshold_text(cfg, result.lr)}" + (f", initial sharpness {s0:.4g}" if s0 is not None else "")
+            + f", {cfg['steps']} steps")
     params = ", ".join(f"{k}={v}" for k, v in cfg["problem"]["params"].items())
     return f"{head}\n\nparameters: {params}\n\n{markdown_table(table)}\n"
 

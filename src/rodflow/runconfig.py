@@ -25,7 +25,8 @@ class RunConfig:
 
     lr, steps: GD's step size and the number of GD steps. methods: GD and the flows (``rodflow methods``);
     options: per-method options. optimizer/optimizer_options: the update rule that drives GD and every flow
-    (``rodflow.optimizers``: gd, momentum, nesterov, rmsprop, adam, nadam). reference: the process every method's distances (``dist_gd``, ``dist_gd_mid``)
+    (``rodflow.optimizers``: gd, momentum, nesterov, rmsprop, adam, nadam). reference: the process every
+    method's distances (``dist_gd``, ``dist_gd_mid``)
     are measured to (default GD; its row is first). sharpness_every/neigs/eig_tol: the top ``neigs`` Hessian eigenvalues every N
     steps (0: never). gfs_every/gfs_options: the GFS sharpness every N steps. measurements: further
     measurements by name with their options (``rodflow.measurements``; e.g. ``{"hessian_trace": {"every": 10}}``).

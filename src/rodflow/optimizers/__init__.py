@@ -39,7 +39,21 @@ def make(name: str | UpdateRule = "gd", **params: Any) -> UpdateRule:
     return cls(**params)
 
 
+def threshold_text(config, lr: float) -> str:
+    """How a run's summary line states its stability threshold: 2/η for plain GD, else the optimizer's (on
+    λ_max(P⁻¹H) for a rule with a preconditioner). ``config``: a config.json record."""
+    import torch
+
+    name = config.get("optimizer", "gd")
+    if name == "gd":
+        return f"2/η = {2 / lr:.4g}"
+    rule = make(name, **config.get("optimizer_options", {}))
+    if rule.preconditioned:
+        return f"optimizer {rule}, threshold on λ_max(P⁻¹H) (column threshold)"
+    return f"optimizer {rule}, threshold {rule.threshold(rule.init(torch.zeros(1)), lr, 1e6):.4g}"
+
+
 # Built-in optimizers: one import line per module.
 from . import gd, momentum, nesterov, rmsprop, adam, nadam  # noqa: E402,F401
 
-__all__ = ["REGISTRY", "State", "UpdateRule", "make", "names", "options", "register"]
+__all__ = ["REGISTRY", "State", "UpdateRule", "make", "names", "options", "register", "threshold_text"]
