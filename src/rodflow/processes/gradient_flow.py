@@ -216,33 +216,40 @@ class GradientFlow(Process):
         self.ode.load_state_dict(unnest("ode", state))
 
 
+def entry_bounds(start: int, sizes: list[int]) -> list[tuple[int, int]]:
+    """The (start, stop) slices of state entries of the given sizes laid out one after another from ``start``."""
+    out = []
+    for n in sizes:
+        out.append((start, start + n))
+        start += n
+    return out
+
+
 def entry_floors(y0: torch.Tensor, start: int, sizes: list[int], atol: float) -> list[float]:
     """Absolute error floors of state entries laid out from ``start`` in y0: atol times each entry's rms at the
     start of the flow (moments live on the scale of g and g², not of w, so w's atol cannot serve them)."""
-    out, i = [], start
-    for n in sizes:
-        out.append(atol * float(y0[i:i + n].square().mean().sqrt()))
-        i += n
-    return out
+    return [atol * float(y0[a:b].square().mean().sqrt()) for a, b in entry_bounds(start, sizes)]
+
+
+def relative_scales(scales: torch.Tensor, ymax: torch.Tensor, bounds, floors: list[float], rtol: float) -> None:
+    """Fill ``scales`` on each state entry's slice: rtol · max(|y_i|, rms of the entry) + the entry's floor."""
+    tiny = torch.finfo(ymax.dtype).tiny
+    for (a, b), floor in zip(bounds, floors):
+        block = ymax[a:b]
+        scales[a:b] = rtol * torch.maximum(block, block.square().mean().sqrt()) + floor + tiny
 
 
 def state_norm(d: int, sizes: dict[str, int], keys: tuple[str, ...], rtol: float, atol: float,
                floors: list[float]):
     """Error norm of y = (w, optimizer state): w by the mixed rtol/atol norm; each state entry by
     rtol · max(|y_i|, rms of the entry) + its floor (``entry_floors``)."""
-    bounds, i = [], d
-    for k in keys:
-        bounds.append((i, i + sizes[k]))
-        i += sizes[k]
+    bounds = entry_bounds(d, [sizes[k] for k in keys])
 
     def norm(x, y0, y1):
-        tiny = torch.finfo(y0.dtype).tiny
         ymax = torch.maximum(y0.abs(), y1.abs())
         scales = torch.empty_like(ymax)
         scales[:d] = atol + rtol * ymax[:d]
-        for (a, b), floor in zip(bounds, floors):
-            block = ymax[a:b]
-            scales[a:b] = rtol * torch.maximum(block, block.square().mean().sqrt()) + floor + tiny
+        relative_scales(scales, ymax, bounds, floors, rtol)
         return float(torch.sqrt(torch.mean((x / scales) ** 2)))
 
     return norm

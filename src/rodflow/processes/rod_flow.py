@@ -32,7 +32,7 @@ import torch
 from .. import integrators
 from ..errors import RodflowError
 from .base import Observation, Process, as_numpy, as_tensor, flatten_state, nest, unflatten_state, unnest
-from .gradient_flow import _number, entry_floors, integration_options
+from .gradient_flow import _number, entry_bounds, entry_floors, integration_options, relative_scales
 from . import register
 
 SEEDS = ("precision", "none")
@@ -67,15 +67,7 @@ def map_rod_norm(d: int, rod_sizes: list[int], aux_sizes: list[int], rtol: float
     its floor (``gradient_flow.entry_floors``: rod entries first, then aux), δ relative to the rod length (as
     :func:`rod_norm`)."""
     n_rod = d + sum(rod_sizes)
-
-    def blocks(start, sizes):
-        out = []
-        for n in sizes:
-            out.append((start, start + n))
-            start += n
-        return out
-
-    state_blocks = blocks(d, rod_sizes) + blocks(2 * n_rod, aux_sizes)
+    state_blocks = entry_bounds(d, rod_sizes) + entry_bounds(2 * n_rod, aux_sizes)
 
     def norm(err, y0, y1):
         eps, tiny = torch.finfo(y0.dtype).eps, torch.finfo(y0.dtype).tiny
@@ -83,9 +75,7 @@ def map_rod_norm(d: int, rod_sizes: list[int], aux_sizes: list[int], rtol: float
         xmax = ymax[:n_rod]
         scales = torch.empty_like(ymax)
         scales[:d] = atol + rtol * xmax[:d]
-        for (a, b), floor in zip(state_blocks, floors):
-            block = ymax[a:b]
-            scales[a:b] = rtol * torch.maximum(block, block.square().mean().sqrt()) + floor + tiny
+        relative_scales(scales, ymax, state_blocks, floors, rtol)
         d0, d1 = y0[n_rod:2 * n_rod], y1[n_rod:2 * n_rod]
         rod = torch.maximum(d0.square().mean().sqrt(), d1.square().mean().sqrt())
         scales[n_rod:2 * n_rod] = rod_rtol * torch.maximum(torch.maximum(d0.abs(), d1.abs()), rod) + eps * xmax + tiny
