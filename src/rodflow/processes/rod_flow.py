@@ -250,9 +250,13 @@ class RodFlow(Process):
         return x[: self.d], state, step
 
     def _phi(self, x, aux):
-        """Φ = F(z) − z at one end: (Φ of the rod part, Φ of the smooth part, the step F took)."""
+        """Φ = F(z) − z at one end: (Φ of the rod part, Φ of the smooth part per entry)."""
         w, state, step = self._end_state(x, aux)
-        g = self.problem.grad(w)
+        return self._map_step(state, self.problem.grad(w), step)
+
+    def _map_step(self, state, g, step):
+        """Φ given the gradient: (w's increment and the rod entries' changes as one vector, the smooth entries'
+        changes)."""
         new = self.rule.update_state(state, g, step)
         inc = self.rule.increment(new, g, self.lr, step)
         rod = [inc] + [new[k].reshape(-1) - state[k].reshape(-1) for k in self.rod_keys]
@@ -297,10 +301,7 @@ class RodFlow(Process):
         names = tuple(state)
 
         def phi(g, *values, step=step):
-            st = dict(zip(names, values))
-            new = self.rule.update_state(st, g, step)
-            inc = self.rule.increment(new, g, self.lr, step)
-            return torch.cat([inc] + [new[k].reshape(-1) - st[k].reshape(-1) for k in self.rod_keys])
+            return self._map_step(dict(zip(names, values)), g, step)[0]
 
         values = [state[k] for k in names]
         _, out = torch.func.jvp(phi, (g, *values), (hv, *[tangent[k].reshape(state[k].shape) for k in names]))
