@@ -367,3 +367,41 @@ def test_flows_that_integrate_momentum_default_to_dormand_prince(name):
     slaved = processes.make("gradient_flow", p, 0.01, optimizer=rule, fast_state="slaved")
     assert not set(slaved.keys) & set(rule.fast)
     assert processes.make("gradient_flow", p, 0.01, optimizer=optimizers.make("rmsprop")).integrator == "rkc"
+
+
+@pytest.mark.parametrize("args,match", [
+    (["run", "--problem", "quadratic", "--lr", "abc"], "Invalid value for '--lr'"),
+    (["run", "--problem", "quadratic", "--optimizer"], "requires an argument"),
+    (["run", "--bogus", "1"], "No such option: --bogus"),
+    (["nonsense"], "No such command"),
+    (["run", "--problem", "quadratic", "--steps", "2", "--optimizer", ""], "unknown optimizer ''"),
+])
+def test_cli_usage_errors_are_one_line(args, match, capsys, tmp_path, monkeypatch):
+    from rodflow.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as info:
+        main(args)
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and match in err
+    assert len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_resume_refuses_every_run_setting_flag(tmp_path, capsys):
+    from rodflow.cli import main
+
+    out = str(tmp_path / "r")
+    with pytest.raises(SystemExit) as info:
+        main(["run", "--problem", "quadratic", "--steps", "3", "--optimizer", "momentum", "--out", out,
+              "--no-progress", "--no-plots"])
+    assert info.value.code == 0
+    capsys.readouterr()
+    for flags in (["--methods", "gd"], ["--seed", "3"], ["--dtype", "float32"], ["--gfs-every", "1"],
+                  ["--measure", "hessian_trace.every=1"], ["--reference", "gd"], ["--checkpoint-every", "5"]):
+        with pytest.raises(SystemExit) as info:
+            main(["run", "--resume", out, *flags])
+        err = capsys.readouterr().err
+        assert info.value.code == 2 and f"drop {flags[0]}" in err and len(err.strip().splitlines()) == 1
+    with pytest.raises(SystemExit) as info:  # where and how to run stays allowed
+        main(["run", "--resume", out, "--threads", "1", "--no-progress", "--no-plots"])
+    assert info.value.code == 0
