@@ -160,6 +160,31 @@ def test_resume_of_a_finished_sweep_skips_everything(config, local, tmp_path):
     assert events[-4:].count("skipped") == 3  # the failed run is attempted again (it has no finished directory)
 
 
+def test_damaged_sweep_files_are_one_line_errors_and_resume_rebuilds_the_index(config, local, tmp_path):
+    import shutil
+
+    src, index = local
+    out = tmp_path / "copy"
+    shutil.copytree(src, out)
+    (out / sw.INDEX).write_bytes(b"PAR1 torn")
+    with pytest.raises(RodflowError, match="index.parquet is damaged.*--resume"):
+        sw.read_index(out)
+    again = sw.run_sweep(out, resume=True, workers=1, progress=False)  # rebuilt from the run directories
+    assert_frame_equal(sw.comparable(again), sw.comparable(index))
+    # a damaged run status fails that run only, with a line naming the file; the other runs are kept
+    rid = again["id"][again["status"] == "done"].iloc[0]
+    (out / "runs" / rid / "status.json").write_text('{"complete": tr')
+    third = sw.run_sweep(out, resume=True, workers=1, progress=False)
+    bad = third[third["id"] == rid]["status"].iloc[0]
+    assert bad.startswith("failed: status.json") and "corrupt" in bad and "\n" not in bad
+    assert (third["status"] == "done").sum() == (index["status"] == "done").sum() - 1
+    (out / "sweep.json").write_text("{not json")
+    with pytest.raises(RodflowError, match="sweep.json .*corrupt"):
+        sw.sweep_info(out)
+    with pytest.raises(RodflowError, match="sweep.json .*corrupt"):
+        sw.load_config(out)
+
+
 def test_report_figures_and_table(local):
     from typer.testing import CliRunner
 

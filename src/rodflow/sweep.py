@@ -27,7 +27,7 @@ import pandas as pd
 
 from .configfile import read_toml
 from .errors import RodflowError
-from .records import write_json, write_parquet
+from .records import read_json, write_json, write_parquet
 from .runconfig import RunConfig
 from .status import Status
 
@@ -278,8 +278,7 @@ def execute(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
     run = Run(dict(spec), (), "")
     action = "ran"
     try:
-        status_path = path / "status.json"
-        if status_path.is_file() and json.loads(status_path.read_text()).get("complete"):
+        if _complete(path):
             result, action = rodflow.load(path), "skipped"
         elif (path / "config.json").is_file():
             result, action = rodflow.resume(path, progress=False), "resumed"
@@ -503,8 +502,11 @@ def run_sweep(
     todo: list[int] = []
     for i, run in enumerate(sweep.runs):
         d = out / "runs" / run.id
-        status = d / "status.json"
-        if resume and status.is_file() and json.loads(status.read_text()).get("complete"):
+        try:
+            done = resume and _complete(d)
+        except RodflowError:  # a damaged status: the run's own row will say so (execute reports it as failed)
+            done = False
+        if done:
             rows[i] = _row(run, execute(run.spec, str(d)))  # reads the finished run (fast)
         else:
             todo.append(i)
@@ -595,14 +597,27 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
     path = Path(path)
     if not (path / INDEX).is_file():
         raise RodflowError(f"{path} is not a sweep directory (no {INDEX}); run `rodflow sweep CONFIG --out {path}`")
-    return pd.read_parquet(path / INDEX)
+    try:
+        return pd.read_parquet(path / INDEX)
+    except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
+        raise RodflowError(f"{path / INDEX} is damaged ({type(exc).__name__}); run `rodflow sweep {path} --resume` "
+                           "to rebuild it from the run directories") from None
+
+
+def _complete(run_dir: Path) -> bool:
+    """Whether a run directory says it finished (a missing status is not; a damaged one is a one-line error)."""
+    status = run_dir / "status.json"
+    return status.is_file() and bool(read_json(status, "status.json").get("complete"))
 
 
 def sweep_info(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not (path / "sweep.json").is_file():
         raise RodflowError(f"{path} is not a sweep directory (no sweep.json)")
-    return json.loads((path / "sweep.json").read_text())
+    info = read_json(path / "sweep.json", "sweep.json")
+    if not isinstance(info.get("config"), dict):
+        raise RodflowError(f"sweep.json in {path} is corrupt (no config table); restore it or start the sweep again")
+    return info
 
 
 def comparable(index: pd.DataFrame) -> pd.DataFrame:
