@@ -374,3 +374,47 @@ def test_float32_problem_is_solved_in_float64():
     assert r32.converged and r32.point.dtype == torch.float64
     # w0 differs by float32 rounding only: φ agrees to the solver's error (in float32 it did not converge)
     assert abs(r32.sharpness - r64.sharpness) <= r32.error + r64.error
+
+
+# ------------------------------------------------------------------- losses with no finite minimiser
+def test_cross_entropy_gets_the_no_finite_limit_reason_within_a_small_budget():
+    torch.set_num_threads(1)
+    p = problems.make("mlp-digits", n=10, classes=5, width=16, depth=1, loss="ce")
+    assert p.extras["cross_entropy_terms"] == 10
+    r = gfs_sharpness(p, max_grad_evals=1000)
+    assert math.isnan(r.sharpness) and not r.converged
+    assert "no finite minimiser" in r.reason and "budget" not in r.reason
+    assert r.grad_evals < 1000
+    # the certificate: every label is the top class with p > 1/2 (cross-entropy of each term below ln 2)
+    assert 10 * r.loss < math.log(2)
+    assert float(r.point.norm()) > float(p.w0.norm())  # ‖w‖ grows
+    # sequence outputs: one term per example and position
+    t = problems.make("transformer-sorting", n=4, width=8, depth=1, loss="ce")
+    assert t.extras["cross_entropy_terms"] == 4 * 5
+    assert "cross_entropy_terms" not in problems.make("mlp-digits", n=10, classes=5, width=16, depth=1).extras
+
+
+def test_from_module_cross_entropy_certificate_only_for_a_linear_last_layer():
+    from torch import nn
+
+    torch.manual_seed(0)
+    x = torch.randn(12, 4, dtype=torch.float64)
+    y = torch.arange(12) % 3
+    linear = nn.Sequential(nn.Linear(4, 8), nn.Tanh(), nn.Linear(8, 3)).double()
+    p = Problem.from_module(linear, (x, y), loss="ce")
+    assert p.extras["cross_entropy_terms"] == 12
+    r = gfs_sharpness(p, max_grad_evals=3000)
+    assert "no finite minimiser" in r.reason
+
+    class Normalised(nn.Module):  # logits of fixed norm: cross-entropy can have a finite minimiser
+        def __init__(self):
+            super().__init__()
+            self.lin = nn.Linear(4, 3)
+            self.scale = nn.Parameter(torch.ones(()))
+
+        def forward(self, x):
+            z = self.lin(x)
+            return z / z.norm(dim=1, keepdim=True) * self.scale.tanh()
+
+    assert "cross_entropy_terms" not in Problem.from_module(Normalised().double(), (x, y), loss="ce").extras
+    assert "cross_entropy_terms" not in Problem.from_module(linear, (x, y.double()[:, None]), loss="mse").extras

@@ -491,11 +491,18 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
     next_try = g0  # try a projection at once: a start near a minimiser needs no integration
     last_try = 0
     history: list[_Candidate] = []  # successful projections of this flow, in order
+    ce_terms = problem.extras.get("cross_entropy_terms")
+    steps = 0
     while True:
         x, g = ode.y, -ode.fy
         gn = float(g.norm())
         if not (math.isfinite(gn) and bool(torch.isfinite(x).all())):
             return _nan(problem, None, method, f"gradient flow diverged (non-finite) at t={ode.t:.4g}", ode.t)
+        if ce_terms and steps % 5 == 0:
+            note = _no_finite_limit(problem, w, x, ce_terms)
+            if note:
+                return _nan(problem, x, method, f"{note} (t = {ode.t:.4g})", ode.t)
+        steps += 1
         used = problem.counts.grad_evals - start_evals
         # retry when ‖∇L‖ fell tenfold, or when the work doubled (an explicit method at its stability limit
         # keeps the stiff component of ∇L at the size of its error tolerance, so ‖∇L‖ can plateau)
@@ -527,6 +534,23 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
             ode.step()
         except IntegrationError as exc:
             return _nan(problem, x, method, f"gradient flow integration failed: {exc}", ode.t)
+
+
+def _no_finite_limit(problem: Problem, w0: Tensor, x: Tensor, terms: int) -> str:
+    """Why gradient flow from ``x`` has no finite limit, or "" when that is not (yet) certain.
+
+    Cross-entropy averages ``terms`` values −log p(label), each at most ``terms``·L. Once ``terms``·L < ln 2 every
+    label has p > ½ (is the top class), at ``x`` and at every later point of the flow (L only falls). A network
+    whose logits end in a linear layer has no critical point there: scaling that layer's weights by c scales the
+    logits, and d/dc of −log softmax(c z)[label] at c = 1 is Σ softmax(z)_k z_k − z_label < 0 when z_label is the
+    largest logit. So the flow's limit, which would be a critical point below L(x), does not exist: L → 0 while
+    ‖w‖ → ∞."""
+    loss = float(problem.loss(x))
+    if not terms * loss < math.log(2.0):
+        return ""
+    return (f"no finite minimiser: cross-entropy L = {loss:.3g} < ln 2/{terms} puts every label first from here on, "
+            "where the network (logits from a linear last layer) has no critical point, so gradient flow has no "
+            f"finite limit (L → 0 while ‖w‖ grows: {float(w0.norm()):.4g} → {float(x.norm()):.4g} so far)")
 
 
 @dataclasses.dataclass

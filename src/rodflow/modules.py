@@ -164,6 +164,9 @@ def from_module(module: nn.Module, data, loss: str | Callable = "mse", chunk_siz
             return build(dtype, device, check=False)
 
         params = {"module": type(module).__name__, "loss": loss_name, "n": int(targets.shape[0]), "d": f.d}
+        if loss == "ce" and _affine_output(source, inputs):
+            # the GFS solver's certificate that gradient flow has no finite limit (gfs.py, _no_finite_limit)
+            kwargs["extras"] = {**kwargs.get("extras", {}), "cross_entropy_terms": int(targets.numel())}
         return Problem.from_data(
             loss_fn, [*inputs, targets], f.initial().to(dtype), chunk_size=chunk_size, name=name,
             example_residual=residual_fn if example_residual is not None else None, dtype=dtype, device=where,
@@ -204,6 +207,32 @@ def _classes(module: nn.Module, inputs: list[Tensor], targets: Tensor, loss) -> 
                            f"shape {tuple(out.shape[1:])}: labels need one entry per output row (one-hot over the "
                            "last dimension); or pass float targets of the output's shape")
     return int(out.shape[-1])
+
+
+def _affine_output(module: nn.Module, inputs: list[Tensor]) -> bool:
+    """Whether the logits scale with a layer's parameters: the last ``nn.Linear`` (with a trainable weight), its
+    weight and bias doubled, must double the output on two examples. Cross-entropy then has no critical point
+    where every label is predicted (the GFS solver's certificate of no finite limit)."""
+    linears = [m for m in module.modules() if type(m) is nn.Linear and m.weight.requires_grad]
+    if not linears:
+        return False
+    probe = copy.deepcopy(module)
+    layer = [m for m in probe.modules() if type(m) is nn.Linear and m.weight.requires_grad][-1]
+    dtype = next(p.dtype for p in probe.parameters() if p.is_floating_point())
+    batch = [a[:2].to(dtype) if a.is_floating_point() else a[:2] for a in inputs]
+    try:
+        with torch.no_grad():
+            out = probe(*batch)
+            for p in (layer.weight, layer.bias):
+                if p is not None:
+                    p.mul_(2.0)
+            doubled = probe(*batch)
+    except Exception:  # noqa: BLE001 - any failure: no certificate (the module's own errors surface elsewhere)
+        return False
+    if not (isinstance(out, Tensor) and isinstance(doubled, Tensor)) or not bool(torch.isfinite(out).all()):
+        return False
+    scale = float(out.abs().max())
+    return scale > 0 and float((doubled - 2 * out).abs().max()) <= 1e-6 * scale
 
 
 def _refuse_training_layers(module: nn.Module) -> None:

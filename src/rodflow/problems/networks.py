@@ -73,8 +73,15 @@ def build(arch: str, dataset: str, dtype: torch.dtype = torch.float64, device=No
         return residual_fn(model(w, xb), yb)
 
     return Problem.from_data(example_loss, [x, targets], model.initial(dtype), chunk_size=int(chunk_size),
-                             extras={"dataset": repr(ds), "architecture": arch}, hvp_method=HVP_BY_ARCH[arch],
+                             extras={"dataset": repr(ds), "architecture": arch, **_ce_terms(loss, targets)},
+                             hvp_method=HVP_BY_ARCH[arch],
                              example_residual=example_residual if residual_fn is not None else None, device=device)
+
+
+def _ce_terms(loss: str, targets: torch.Tensor) -> dict[str, int]:
+    """Cross-entropy: how many −log p terms the loss averages (examples × positions), for the GFS solver's
+    certificate that gradient flow has no finite limit (every network here ends in a linear layer)."""
+    return {"cross_entropy_terms": int(targets.numel())} if loss == "ce" else {}
 
 
 def _factory(arch: str, dataset: str):
