@@ -418,3 +418,64 @@ def test_from_module_cross_entropy_certificate_only_for_a_linear_last_layer():
 
     assert "cross_entropy_terms" not in Problem.from_module(Normalised().double(), (x, y), loss="ce").extras
     assert "cross_entropy_terms" not in Problem.from_module(linear, (x, y.double()[:, None]), loss="mse").extras
+
+
+# ------------------------------------------------------------------- practical architectures (issue 16)
+def tiny_cnn():
+    # a CNN (3×3 convolutions, pooling, linear head) on 4 digits, 2 classes, MSE: d = 170 > 8 targets
+    return problems.make("cnn-digits", n=4, classes=2, width=4, depth=1)
+
+
+def test_gfs_on_a_tiny_cnn_against_a_tight_solve():
+    torch.set_num_threads(1)
+    p = tiny_cnn()
+    res = gfs_sharpness(p)
+    tight = gfs_sharpness(p, tol=1e-8)
+    assert res.converged and tight.converged and res.projection == "gauss-newton"
+    err = abs(res.sharpness - tight.sharpness)
+    assert err <= res.error and err <= 1e-4 * tight.sharpness
+    assert tight.error <= 1e-8 * tight.sharpness
+    assert res.loss < 1e-20  # an interpolating minimiser
+
+
+def test_gfs_tracking_along_gd_on_a_cnn_is_monotone_and_costed():
+    from rodflow.gfs import cost_ratios, gradient_equivalents
+
+    torch.set_num_threads(1)
+    p = tiny_cnn()
+    phi0 = gfs_sharpness(p).sharpness
+    lr = 1.5 * 2 / phi0
+    res = simulate(p, lr=lr, steps=30, methods=["gd"], gfs_every=10, sharpness_every=1, progress=False)
+    df = res.method("gd")
+    evals = df["gfs_sharpness"].dropna()
+    assert len(evals) == 4 and bool((df["gfs_converged"].dropna() == 1).all())
+    assert df["sharpness"].max() > 2 / lr  # GD is past the threshold at its start: the edge of stability
+    summ = res.summary().iloc[0]
+    assert summ["gfs_increases"] == 0 and summ["gfs_nan"] == 0
+    before = p.counts.copy()
+    ratios = cost_ratios(p)
+    assert p.counts == before  # timing is not counted as the problem's work
+    assert set(ratios) == {"jvp", "hvp"} and all(0 < v < 50 for v in ratios.values())
+    row = df.dropna(subset=["gfs_sharpness"]).iloc[0].to_dict()
+    eq = gradient_equivalents(row, ratios)
+    assert eq == pytest.approx(row["gfs_grad_evals"] + ratios["jvp"] * row["gfs_jvps"] + ratios["hvp"] * row["gfs_hvps"])
+    assert eq > row["gfs_grad_evals"]
+
+
+def test_gauss_newton_gives_up_and_waits_for_a_tenfold_lower_loss(monkeypatch):
+    # a Gauss-Newton projection that fails is not tried again until the loss has fallen tenfold
+    import rodflow.gfs as G
+
+    p = tiny_cnn()
+    solver = G.GFSSolver(p)
+    state = {"failed_at": math.inf}
+    x = p.w0
+    r0 = float(p.residual(x).norm())
+    import scipy.sparse.linalg
+
+    monkeypatch.setattr(scipy.sparse.linalg, "lsqr", lambda op, b, **kw: (np.zeros(op.shape[1]),))  # no progress
+    assert G._gauss_newton(p, x, solver, 0.0, state) is None
+    assert state["failed_at"] == pytest.approx(r0)
+    before = p.counts.jvps
+    assert G._gauss_newton(p, x, solver, 0.0, state) is None
+    assert p.counts.jvps == before  # not tried again at the same loss: no LSQR work

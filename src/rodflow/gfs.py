@@ -493,6 +493,7 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
     history: list[_Candidate] = []  # successful projections of this flow, in order
     ce_terms = problem.extras.get("cross_entropy_terms")
     steps = 0
+    gn_state = {"failed_at": math.inf}  # residual norm of the last failed Gauss-Newton projection
     while True:
         x, g = ode.y, -ode.fy
         gn = float(g.norm())
@@ -508,7 +509,7 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver) -> GFSResult:
         # keeps the stiff component of ∇L at the size of its error tolerance, so ‖∇L‖ can plateau)
         if gn <= next_try or used >= max(2 * last_try, last_try + 200):
             last_try = used
-            cand = _project(problem, x, g, solver, floor, r_floor)
+            cand = _project(problem, x, g, solver, floor, r_floor, gn_state)
             if cand is not None:
                 # one projection is trusted alone only if it did not move (the flow point is a minimiser to
                 # working precision): |S(projection) − S(flow point)| is no bound on φ's error (measured: 1.2e-3
@@ -638,7 +639,8 @@ def _curvature_note(problem: Problem, x: Tensor, solver: GFSSolver) -> str:
     return f"λ_min(H) {rel} {lam:.8g}{note}"
 
 
-def _project(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float, r_floor: float):
+def _project(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float, r_floor: float,
+             gn_state: dict | None = None):
     """Project a point of the flow onto the minimisers: Gauss-Newton when the loss is a least-squares residual
     (lands on a zero-residual point), else, or if that fails, Newton-CG. None while neither converges (not yet
     in a minimiser's basin: keep integrating)."""
@@ -647,7 +649,7 @@ def _project(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: f
         return None
     y, kind, global_min = None, "", False
     if problem.has_residual:
-        y = _gauss_newton(problem, x, solver, r_floor)
+        y = _gauss_newton(problem, x, solver, r_floor, {"failed_at": math.inf} if gn_state is None else gn_state)
         kind, global_min = "gauss-newton", y is not None
     if y is None:
         y = _newton(problem, x, g, solver, floor, s_old)
@@ -660,19 +662,27 @@ def _project(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: f
     return _Candidate(y, s_new, first_order, float((y - x).norm()), global_min, kind)
 
 
-def _gauss_newton(problem: Problem, x: Tensor, solver: GFSSolver, r_floor: float) -> Tensor | None:
+def _gauss_newton(problem: Problem, x: Tensor, solver: GFSSolver, r_floor: float, state: dict) -> Tensor | None:
     """Gauss-Newton to a zero residual: δ = −J⁺r, the minimum-norm least-squares step (LSQR from 0, products
     with J and Jᵀ only). Near a manifold of interpolating minimisers this is the projection gradient flow's
     linearisation ends at. The first steps may be far from quadratic (the minimum-norm step moves far along
     directions of small singular value, where the flow is slow); how close the result is to the flow's limit is
     judged by the caller from the step length. None unless ‖r‖ decreases at every step (at least twofold from
-    the third step on) and reaches ``r_floor`` (a zero residual) within 12 steps."""
+    the third step on) and reaches ``r_floor`` (a zero residual) within 12 steps.
+
+    Wasted work is capped: LSQR stops after ``min(lsqr_maxiter, 2m + 50)`` iterations for m residuals (in exact
+    arithmetic it ends within rank(J) ≤ m), and after a failure the projection is not tried again until the
+    residual norm has fallen below a third of the failed one's (the loss tenfold) — ``state["failed_at"]``."""
     from scipy.sparse.linalg import LinearOperator, lsqr
 
     opts = solver.options
     y = x
     r, jv, jtu = problem.jacobian_operator(y)
     rn = float(r.norm())
+    rn0 = rn
+    if not rn0 < state["failed_at"] / 3.0:
+        return None
+    iter_lim = min(int(opts.lsqr_maxiter), 2 * r.numel() + 50)
     for it in range(12):
         if rn <= r_floor:
             return y
@@ -681,7 +691,7 @@ def _gauss_newton(problem: Problem, x: Tensor, solver: GFSSolver, r_floor: float
             matvec=lambda v, jv=jv: _np64(jv(_torch(v, y))),
             rmatvec=lambda u, jtu=jtu: _np64(jtu(_torch(u, y))),
         )
-        sol = lsqr(op, _np64(-r), atol=1e-12, btol=1e-12, iter_lim=opts.lsqr_maxiter)
+        sol = lsqr(op, _np64(-r), atol=1e-12, btol=1e-12, iter_lim=iter_lim)
         delta = _torch(sol[0], y)
         y_new = y + delta
         r_new, jv_new, jtu_new = problem.jacobian_operator(y_new)
@@ -690,9 +700,13 @@ def _gauss_newton(problem: Problem, x: Tensor, solver: GFSSolver, r_floor: float
         # least halve: a residual that cannot vanish (no interpolating point near) decreases only linearly, and
         # every further step would cost a full LSQR solve (transformer-sorting: 24 006 J products in one solve)
         if not (math.isfinite(rn_new) and rn_new < (rn if it < 2 else 0.5 * rn)):
-            return None  # not converging to a zero residual: keep integrating
+            state["failed_at"] = rn0  # not converging to a zero residual: keep integrating
+            return None
         y, r, jv, jtu, rn = y_new, r_new, jv_new, jtu_new, rn_new
-    return y if rn <= r_floor else None
+    if rn <= r_floor:
+        return y
+    state["failed_at"] = rn0
+    return None
 
 
 def _newton(problem: Problem, x: Tensor, g: Tensor, solver: GFSSolver, floor: float, s_old: float):
@@ -721,6 +735,48 @@ def _saddle_note(problem: Problem, y: Tensor, phi: float, solver: GFSSolver) -> 
     if -lam_min > max(1e3 * solver.options.tol, 1e-6) * phi:
         return f"gradient flow reaches a stationary point that is not a minimiser (λ_min(H) = {lam_min:.3g})"
     return ""
+
+
+# ------------------------------------------------------------------------------------------------ cost
+def cost_ratios(problem: Problem, w=None, repeats: int = 5) -> dict[str, float]:
+    """Wall time of one Jacobian product (J v or Jᵀu of the residual) and of one HVP, each relative to one gradient,
+    at ``w`` (median of ``repeats`` timings): the weights that turn a GFS evaluation's work counts into
+    gradient-equivalents (:func:`gradient_equivalents`). A problem without a residual has no ``jvp`` entry."""
+    w = _as_point(problem, problem.w0 if w is None else w)
+    v = torch.randn(problem.d, generator=torch.Generator().manual_seed(0), dtype=w.dtype).to(w.device)
+
+    def timed(fn) -> float:
+        fn()  # warm-up
+        times = []
+        for _ in range(max(1, int(repeats))):
+            t = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t)
+        return float(np.median(times))
+
+    before = problem.counts.copy()
+    try:
+        grad = timed(lambda: problem.grad(w))
+        out = {"hvp": timed(lambda: problem.hvp(w, v)) / grad}
+        if problem.has_residual:
+            r, jv, jtu = problem.jacobian_operator(w)
+            u = torch.ones_like(r)
+            out["jvp"] = 0.5 * (timed(lambda: jv(v)) + timed(lambda: jtu(u))) / grad
+    finally:
+        problem.counts = before  # timing is not the caller's work
+    return out
+
+
+def gradient_equivalents(result: "GFSResult | dict", ratios: dict[str, float]) -> float:
+    """A GFS evaluation's work in gradients: grads + ρ_J·(J products) + ρ_H·HVPs (``ratios`` from
+    :func:`cost_ratios`; a mapping with ``grad_evals``/``jvps``/``hvps`` or ``gfs_*`` keys also works)."""
+    if isinstance(result, GFSResult):
+        get = lambda k: getattr(result, k)  # noqa: E731
+    else:  # a metrics row names them gfs_* (its own grad_evals column is the method's work, not φ's)
+        prefix = "gfs_" if "gfs_grad_evals" in result else ""
+        get = lambda k: result.get(prefix + k, 0.0)  # noqa: E731
+    jvps = float(get("jvps") or 0.0)
+    return float(get("grad_evals")) + ratios.get("jvp", 0.0) * jvps + ratios["hvp"] * float(get("hvps"))
 
 
 # --------------------------------------------------------------------------------------------- monotonicity

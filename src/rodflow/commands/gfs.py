@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -79,25 +80,103 @@ def phi_figure(path: Path, title: str, loss, sharpness, phi, lr: float, phi_erro
     plt.close(fig)
 
 
-# the default network experiment: an MLP on 20 digits (2 per class) that can interpolate (d = 2410 > 200 targets)
-NETWORK_DEFAULTS = {"n": 20, "classes": 10, "width": 32, "depth": 1}
+# the network experiments' default sizes: small enough for many φ evaluations, wide enough to interpolate their
+# data with MSE (more parameters than targets, and for pooled heads width ≥ n; docs/gfs.md "Practical
+# architectures" says how each was chosen and measured)
+NETWORK_DEFAULTS: dict[str, dict] = {
+    "mlp-digits": {"n": 20, "classes": 10, "width": 32, "depth": 1},
+    "cnn-digits": {"n": 10, "classes": 10, "width": 8, "depth": 1},
+    "resnet-digits": {"n": 10, "classes": 10, "width": 16, "depth": 1},
+    "vit-digits": {"n": 10, "classes": 10, "width": 16, "depth": 1},
+    "transformer-sorting": {"n": 4, "width": 16, "depth": 1},
+}
 
 
-def network_run(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, progress: bool):
+def network_run(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, progress: bool,
+                gfs_options: dict | None = None):
     """GD at η = eta_factor·2/φ0 (so φ0 > 2/η) on a registered problem, φ every ``every`` steps; a run directory."""
     import rodflow
 
     from ..gfs import gfs_sharpness
 
     p = rodflow.problems.make(name, **params)
-    start = gfs_sharpness(p)
+    start = gfs_sharpness(p, **(gfs_options or {}))
     if not start.converged:
         raise RodflowError(f"φ at the initial point of {name} is undefined ({start.reason}); pick another problem "
                            "or parameters (gradient flow must reach a minimiser)")
     lr = eta_factor * 2.0 / start.sharpness
     res = rodflow.simulate(p, lr=lr, steps=steps, methods=["gd"], gfs_every=every, sharpness_every=1,
-                           out=out, progress=progress)
+                           gfs_options=gfs_options or None, out=out, progress=progress)
     return res, start
+
+
+PHI_COLUMNS = ["gfs_sharpness", "gfs_error", "gfs_converged", "gfs_grad_evals", "gfs_jvps", "gfs_hvps", "gfs_wall_s"]
+
+
+def network_experiment(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, stem: str,
+                       progress: bool, gfs_options: dict | None = None) -> tuple[dict, dict]:
+    """One network: the GD run with φ (``out/stem``), its table (``stem_gfs.csv``) and figure (``stem.png``).
+    Returns (the summary row, the traces for a combined figure)."""
+    import rodflow
+
+    from ..gfs import cost_ratios, gradient_equivalents
+
+    res, start = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options)
+    df = res.method("gd")
+    summ = res.summary().iloc[0]
+    phi = df[PHI_COLUMNS].dropna(subset=["gfs_sharpness", "gfs_converged"], how="all")
+    p = rodflow.problems.make(name, **params)
+    ratios = cost_ratios(p)
+    phi = phi.assign(gfs_grad_equivalents=[gradient_equivalents(r, ratios) for r in phi.to_dict("records")])
+    phi.to_csv(out / f"{stem}_gfs.csv")
+    lr = res.lr
+    good = phi[phi["gfs_converged"] == 1]
+    row = dict(network=name, params=" ".join(f"{k}={v}" for k, v in params.items()), d=p.d,
+               targets=int(p.residual(p.w0).numel()) if p.has_residual else math.nan, phi0=start.sharpness, lr=lr,
+               two_over_lr=2 / lr, steps=len(df) - 1, final_loss=float(df["loss"].iloc[-1]),
+               final_sharpness=float(df["sharpness"].dropna().iloc[-1]), phi_min=float(good["gfs_sharpness"].min()),
+               phi_max=float(good["gfs_sharpness"].max()), final_phi=float(summ["final_gfs_sharpness"]),
+               evals=int(summ["gfs_evals"]), nan=int(summ["gfs_nan"]), increases=int(summ["gfs_increases"]),
+               max_increase_rel=float(summ["gfs_max_increase_rel"]), max_error_rel=float(
+                   (good["gfs_error"] / good["gfs_sharpness"]).max()),
+               grads_per_phi=float(phi["gfs_grad_evals"].mean()), jvps_per_phi=float(phi["gfs_jvps"].mean()),
+               hvps_per_phi=float(phi["gfs_hvps"].mean()), jvp_cost=ratios.get("jvp", math.nan),
+               hvp_cost=ratios["hvp"], grad_equivalents_per_phi=float(phi["gfs_grad_equivalents"].mean()),
+               max_grad_equivalents=float(phi["gfs_grad_equivalents"].max()),
+               wall_s_per_phi=float(phi["gfs_wall_s"].mean()))
+    typer.echo(f"{name} {params} (d = {p.d}): φ0 = {start.sharpness:.6g}, η = {lr:.4g} (2/η = {2 / lr:.4g}); after "
+               f"{row['steps']} steps: loss {row['final_loss']:.3g}, sharpness {row['final_sharpness']:.4g}, φ = "
+               f"{row['final_phi']:.6g}; φ evaluations {row['evals']} (NaN {row['nan']}), increases above solver "
+               f"error {row['increases']}, mean cost {row['grads_per_phi']:.0f} gradients + {row['jvps_per_phi']:.0f} "
+               f"J-products + {row['hvps_per_phi']:.0f} HVPs = {row['grad_equivalents_per_phi']:.0f} "
+               f"gradient-equivalents, {row['wall_s_per_phi']:.1f} s")
+    phi_figure(out / f"{stem}.png", f"{name}: GD loss (η = {lr:.3g})", df["loss"], df["sharpness"],
+               good["gfs_sharpness"], lr, phi_error=good["gfs_error"])
+    trace = dict(sharpness=df["sharpness"], phi=good["gfs_sharpness"], error=good["gfs_error"], lr=lr)
+    return row, trace
+
+
+def networks_figure(path: Path, traces: dict[str, dict]) -> None:
+    """One panel per network: sharpness, φ (with its error bars) and 2/η along GD."""
+    import matplotlib.pyplot as plt
+
+    k = len(traces)
+    cols = min(k, 2)
+    rows = (k + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(5.2 * cols, 3.4 * rows), squeeze=False)
+    for ax, (name, tr) in zip(axes.flat, traces.items()):
+        ax.plot(tr["sharpness"].index, tr["sharpness"].values, lw=0.6, color="grey", label="sharpness S(w_t)")
+        ax.errorbar(tr["phi"].index, tr["phi"].values, yerr=tr["error"].values, color="tab:red", lw=1.4,
+                    marker=".", label="GFS sharpness φ(w_t)")
+        ax.axhline(2 / tr["lr"], ls=":", color="black", label="2/η")
+        ax.set_title(name, fontsize=9)
+        ax.set_xlabel("GD step")
+    for ax in list(axes.flat)[k:]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, bbox_inches="tight")
+    plt.close(fig)
 
 
 @command
@@ -106,17 +185,21 @@ def gfs(
     steps: int = typer.Option(400, help="GD steps per setting"),
     depths: str = typer.Option("2,3,4,5,6", help="comma-separated depths of the scalar networks"),
     regression_steps: int = typer.Option(300, help="GD steps on the squared regression model (0: skip)"),
-    network: str = typer.Option("mlp-digits", help="problem for the network-on-real-data experiment ('': skip)"),
+    network: str = typer.Option(
+        "mlp-digits", help="problem(s) for the network experiment, comma-separated ARCH-DATASET names, e.g. "
+        "cnn-digits,resnet-digits,vit-digits,transformer-sorting ('': skip)"),
     network_param: Optional[List[str]] = typer.Option(
-        None, "--network-param", help="its parameters key=value, over n=20, classes=10, width=32, depth=1"),
+        None, "--network-param", help="their parameters key=value, over each network's defaults (docs/gfs.md)"),
     network_steps: int = typer.Option(300, help="GD steps on the network"),
     network_gfs_every: int = typer.Option(10, help="φ every N GD steps on the network"),
     eta_factor: float = typer.Option(1.5, help="network: η = eta_factor · 2/φ0, i.e. 2/η = φ0/eta_factor"),
+    only_network: bool = typer.Option(False, "--only-network", help="skip the scalar networks and squared regression"),
+    gfs_opt: Optional[List[str]] = typer.Option(None, "--gfs-opt", help="GFS solver option key=value (networks)"),
     threads: int = typer.Option(1, help="intra-op threads"),
     progress: bool = typer.Option(True, help="progress bar for the network run"),
 ):
-    """GFS sharpness φ along GD: scalar networks (depth 2–6, φ0 > 2/η), the squared regression model and a
-    small network on real data (an MLP on digits by default)."""
+    """GFS sharpness φ along GD: scalar networks (depth 2–6, φ0 > 2/η), the squared regression model and
+    networks on real data (an MLP on digits by default; CNN, ResNet, ViT and transformer with --network)."""
     set_threads(threads)
     import matplotlib
 
@@ -128,18 +211,55 @@ def gfs(
         ds = tuple(int(d) for d in depths.split(",") if d.strip())
     except ValueError:
         raise RodflowError(f"--depths must be comma-separated integers, got {depths!r}") from None
-    if not ds or min(ds) < 1 or steps < 2:
+    if not only_network and (not ds or min(ds) < 1 or steps < 2):
         raise RodflowError("--depths needs integers >= 1 and --steps >= 2")
-    if network and not (eta_factor > 0 and network_steps >= 1 and network_gfs_every >= 1):
+    names = [n.strip() for n in network.split(",") if n.strip()]
+    if only_network and not names:
+        raise RodflowError("--only-network needs --network NAME")
+    if names and not (eta_factor > 0 and network_steps >= 1 and network_gfs_every >= 1):
         raise RodflowError("the network experiment needs --eta-factor > 0, --network-steps >= 1 and "
                            "--network-gfs-every >= 1")
-    if network:
+    net_params: dict[str, dict] = {}
+    gfs_options = parse_pairs(gfs_opt, "--gfs-opt")
+    if names:
         from .. import problems
+        from ..gfs import GFSOptions
 
-        known = problems.params(network)  # also checks the name
-        net_params = {**{k: v for k, v in NETWORK_DEFAULTS.items() if k in known},
-                      **parse_pairs(network_param, "--network-param")}
+        user = parse_pairs(network_param, "--network-param")
+        for name in names:
+            known = problems.params(name)  # also checks the name
+            for key in user:
+                if key not in known:
+                    raise RodflowError(f"--network-param {key}: {name} has no parameter {key!r}; its parameters: "
+                                       f"{', '.join(sorted(known))}")
+            net_params[name] = {**{k: v for k, v in NETWORK_DEFAULTS.get(name, {}).items() if k in known}, **user}
+        known_opts = {f.name for f in dataclasses.fields(GFSOptions)}
+        for key in gfs_options:
+            if key not in known_opts:
+                raise RodflowError(f"unknown --gfs-opt {key!r}; options: {', '.join(sorted(known_opts))}")
+        GFSOptions(**gfs_options)  # values checked before anything runs
     out.mkdir(parents=True, exist_ok=True)
+    if not only_network:
+        scalar_and_regression(out, ds, steps, regression_steps)
+    if names:
+        rows, traces = [], {}
+        for name in names:
+            stem = "network" if len(names) == 1 else f"network-{name}"
+            row, trace = network_experiment(name, net_params[name], eta_factor, network_steps, network_gfs_every, out,
+                                            stem, progress, gfs_options)
+            rows.append(row)
+            traces[name] = trace
+        pd.DataFrame(rows).to_csv(out / "networks.csv", index=False)
+        networks_figure(out / "networks.png", traces)
+    plt.close("all")
+    typer.echo(f"plots and tables -> {out}")
+
+
+def scalar_and_regression(out: Path, ds, steps: int, regression_steps: int) -> None:
+    """The scalar-network sweep and the squared regression run, with their tables and figures."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
     rows, traces = scalar_sweep(ds, steps=steps)
     table = pd.DataFrame(rows)
     table.to_csv(out / "scalar_networks.csv", index=False)
@@ -177,22 +297,3 @@ def gfs(
                    f"{summ['gfs_increases'].iloc[0]}, final loss {df['loss'].iloc[-1]:.3g}")
         phi_figure(out / "squared_regression.png", "squared regression: GD loss", df["loss"], df["sharpness"],
                    df["gfs_sharpness"], lr)
-    if network:
-        res, start = network_run(network, net_params, eta_factor, network_steps, network_gfs_every, out / "network",
-                                 progress)
-        df = res.method("gd")
-        summ = res.summary().iloc[0]
-        phi = df[["gfs_sharpness", "gfs_error", "gfs_converged", "gfs_grad_evals", "gfs_jvps", "gfs_wall_s"]].dropna(
-            subset=["gfs_sharpness", "gfs_converged"], how="all")
-        phi.to_csv(out / "network_gfs.csv")
-        lr = res.lr
-        typer.echo(f"{network} {net_params} (d = {start.point.numel()}): φ0 = {start.sharpness:.6g}, η = {lr:.4g} "
-                   f"(2/η = {2 / lr:.4g}); after {len(df) - 1} steps: loss {df['loss'].iloc[-1]:.3g}, sharpness "
-                   f"{df['sharpness'].iloc[-1]:.4g}, φ = {summ['final_gfs_sharpness']:.6g}; φ evaluations "
-                   f"{int(summ['gfs_evals'])} (NaN {int(summ['gfs_nan'])}), increases above solver error "
-                   f"{int(summ['gfs_increases'])}, mean cost {phi['gfs_grad_evals'].mean():.0f} gradients + "
-                   f"{phi['gfs_jvps'].mean():.0f} J-products, {phi['gfs_wall_s'].mean():.1f} s")
-        good = phi[phi["gfs_converged"] == 1]
-        phi_figure(out / "network.png", f"{network}: GD loss (η = {lr:.3g})", df["loss"], df["sharpness"],
-                   good["gfs_sharpness"], lr, phi_error=good["gfs_error"])
-    typer.echo(f"plots and tables -> {out}")
