@@ -5,6 +5,7 @@ projection) against fixed-step RK4 at step 1/S (the 2021 edge-of-stability code'
     .venv/bin/python benchmarks/bench_gfs.py            # both
     .venv/bin/python benchmarks/bench_gfs.py tiny       # the tiny MLP only
     .venv/bin/python benchmarks/bench_gfs.py network    # the real-data network only
+    .venv/bin/python benchmarks/bench_gfs.py architectures  # CNN, ResNet, ViT, transformer (issue 16)
 """
 
 from __future__ import annotations
@@ -224,6 +225,35 @@ def print_network(res: dict) -> None:
           f"grad-equivalents {res['B5net_grad_equiv_ratio_vs_h1S']:.3f}, wall {res['B5net_wall_ratio_vs_h1S']:.3f}")
 
 
+def run_architectures(names=None, integrators=("dopri", "rkc")) -> list[dict]:
+    """Issue 16's target: one φ at w0 per architecture (the sizes of ``rodflow gfs --network``), at the default
+    tol 1e-4, per integrator ("rkc" is the checked pair of solves), against a tight reference (tol 1e-8, DOPRI);
+    work in gradient-equivalents (HVPs and J products weighted by their measured time at w0)."""
+    from rodflow.commands.gfs import NETWORK_DEFAULTS
+
+    torch.set_num_threads(1)
+    rows = []
+    for name in names or [n for n in NETWORK_DEFAULTS if n != "mlp-digits"]:
+        params = NETWORK_DEFAULTS[name]
+        p = problems.make(name, **params)
+        c = unit_costs(p, p.w0)
+        ref = gfs_sharpness(p, tol=1e-8, max_grad_evals=400_000)
+        for integ in integrators:
+            r = gfs_sharpness(p, integrator=integ, max_grad_evals=200_000)
+            eq = r.grad_evals + r.hvps * c["hvp_over_grad"] + r.jvps * c["jprod_over_grad"]
+            row = dict(problem=name, params=params, d=p.d, residuals=c["residuals"], integrator=integ,
+                       phi=r.sharpness, reference=ref.sharpness, reference_error=ref.error,
+                       rel_err=abs(r.sharpness - ref.sharpness) / ref.sharpness, reported_rel=r.error / r.sharpness,
+                       grad_evals=r.grad_evals, jvps=r.jvps, hvps=r.hvps, grad_equiv=eq, wall_s=r.wall_s,
+                       hvp_over_grad=c["hvp_over_grad"], jprod_over_grad=c["jprod_over_grad"], reason=r.reason)
+            rows.append(row)
+            print(f"{name:20s} {integ:6s} d={p.d:5d} m={c['residuals']:4d} φ={r.sharpness:.8g} (ref {ref.sharpness:.8g}"
+                  f" ± {ref.error:.1e}) rel err {row['rel_err']:.1e} reported {row['reported_rel']:.1e}; "
+                  f"{r.grad_evals} grads + {r.jvps} J ({c['jprod_over_grad']:.2f}) + {r.hvps} HVPs "
+                  f"({c['hvp_over_grad']:.2f}) = {eq:.0f} grad-equiv, {r.wall_s:.1f} s", flush=True)
+    return rows
+
+
 if __name__ == "__main__":
     which = sys.argv[1] if len(sys.argv) > 1 else "all"
     if which in ("all", "tiny"):
@@ -232,3 +262,5 @@ if __name__ == "__main__":
         if which == "all":
             print()
         print_network(run_network())
+    if which in ("all", "architectures"):
+        run_architectures()
