@@ -288,3 +288,120 @@ def test_sweep_workers_die_with_their_parent_and_ctrl_c_cancels_at_once(tmp_path
     for w in alive:
         os.kill(w, signal.SIGKILL)
     assert not alive, f"workers outlived the sweep's parent: {alive}"
+
+
+# ------------------------------------------------------------------------------------ finished runs damaged
+QUICK = dict(lr=0.1, steps=20, methods=["gd", "gradient_flow"], progress=False)
+
+
+def quick_run(path, **kw):
+    return rodflow.simulate(rodflow.problems.make("quadratic"), **QUICK, out=path, **kw)
+
+
+def test_a_finished_run_with_a_cut_metrics_file_is_never_rebuilt_shorter_or_complete(tmp_path, killed_at_gd_step):
+    import pandas as pd
+
+    out = tmp_path / "r"
+    quick_run(out)
+    record = pd.read_parquet(out / "metrics.parquet")
+    assert len(record) == 2 * 21
+    data = (out / "metrics.jsonl").read_bytes()
+    for damage in (data[:-50], b"", None):  # the last line cut, the file emptied, the file deleted
+        if damage is None:
+            (out / "metrics.jsonl").unlink()
+        else:
+            (out / "metrics.jsonl").write_bytes(damage)
+        resumed = rodflow.resume(out)  # the parquet is the finished record: nothing lost
+        assert len(resumed.metrics) == 2 * 21
+        pd.testing.assert_frame_equal(pd.read_parquet(out / "metrics.parquet"), record)
+        assert json.loads((out / "status.json").read_text())["complete"] is True
+
+    (out / "metrics.parquet").unlink()  # the record gone and the rows cut: not complete, and refused
+    (out / "metrics.jsonl").write_bytes(data[:len(data) // 3])
+    loaded = rodflow.load(out)
+    assert all(s.kind == "incomplete" and "lacks its rows" in s.reason for s in loaded.status.values()), loaded.status
+    assert not loaded.summary()["status"].eq("ok").any()
+    with pytest.raises(RodflowError) as info:
+        rodflow.resume(out)
+    one_line(info, "metrics.jsonl lacks gd's rows for steps", "..20", "--overwrite")
+    assert not (out / "metrics.parquet").exists()
+
+    # a killed run whose status.json was set complete by hand
+    killed_dir = tmp_path / "k"
+    with killed_at_gd_step(8):
+        quick_run(killed_dir, checkpoint_every=5)
+    status = json.loads((killed_dir / "status.json").read_text())
+    (killed_dir / "status.json").write_text(json.dumps({**status, "complete": True}))
+    assert all(s.kind == "incomplete" for s in rodflow.load(killed_dir).status.values())
+    with pytest.raises(RodflowError) as info:
+        rodflow.resume(killed_dir)
+    one_line(info, "lacks", "though status.json says the run is complete")
+    assert not (killed_dir / "metrics.parquet").exists()
+
+
+@pytest.mark.parametrize("finished", [False, True])
+def test_truncated_or_misshaped_arrays_are_refused_naming_the_file(tmp_path, killed_at_gd_step, finished, capsys):
+    from rodflow.cli import main
+
+    def fresh(name):
+        out = tmp_path / name
+        if finished:
+            quick_run(out)
+        else:
+            with killed_at_gd_step(8):
+                quick_run(out, checkpoint_every=5)
+        return out
+
+    out = fresh("cut")
+    target = out / "arrays" / "gd" / "iterate.npy"
+    with open(target, "r+b") as fh:
+        fh.truncate(target.stat().st_size - 40)
+    size = target.stat().st_size
+    complete_before = json.loads((out / "status.json").read_text())["complete"]
+    for action in (rodflow.resume, rodflow.load):
+        with pytest.raises(RodflowError) as info:
+            action(out)
+        one_line(info, str(target), "is damaged")
+    assert target.stat().st_size == size  # never extended with zeros
+    assert json.loads((out / "status.json").read_text())["complete"] is complete_before
+
+    out = fresh("rows")
+    target = out / "arrays" / "gd" / "iterate.npy"
+    np.save(target, np.load(target)[:5])
+    for action in (rodflow.resume, rodflow.load):
+        with pytest.raises(RodflowError) as info:
+            action(out)
+        one_line(info, str(target), "5 rows")
+    with pytest.raises(SystemExit) as exit_info:
+        main(["plot", str(out)])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and "5 rows" in err and len(err.strip().splitlines()) == 1
+
+
+def test_config_without_a_field_and_empty_or_unsigned_runs_read_without_tracebacks(tmp_path, capsys):
+    from rodflow.cli import main
+
+    out = tmp_path / "r"
+    quick_run(out)
+    config = json.loads((out / "config.json").read_text())
+    (out / "status.json").unlink()  # every step there, the status gone: incomplete because of that, said so
+    loaded = rodflow.load(out)
+    assert all("status.json is missing" in s.reason and "stopped before" not in s.reason
+               for s in loaded.status.values()), loaded.status
+
+    (out / "config.json").write_text(json.dumps({k: v for k, v in config.items() if k != "lr"}))
+    for action in (rodflow.resume, rodflow.load):
+        with pytest.raises(RodflowError) as info:
+            action(out)
+        one_line(info, f"{out / 'config.json'} has no lr")
+
+    empty = tmp_path / "empty"  # a run killed before its first row
+    empty.mkdir()
+    (empty / "config.json").write_text(json.dumps(config))
+    (empty / "metrics.jsonl").write_text("")
+    table = rodflow.load(empty).summary()
+    assert list(table["method"]) == ["gd", "gradient_flow"] and table["status"].str.startswith("incomplete").all()
+    for command in ("summary", "plot"):
+        with pytest.raises(SystemExit) as exit_info:
+            main([command, str(empty)])
+        assert exit_info.value.code == 0, capsys.readouterr().err

@@ -28,6 +28,9 @@ from .errors import RodflowError
 from .status import Status, read_statuses, statuses_record
 
 ITERATE = "iterate"
+#: columns every metrics row has
+ROW_COLUMNS = ("loss", "loss_pred", "grad_norm", "sharpness", "dist_gd", "dist_gd_mid", "grad_evals", "hvps", "d3",
+               "wall_s")
 
 
 @dataclasses.dataclass
@@ -90,35 +93,95 @@ class Result:
 
 def load(path: str | os.PathLike) -> Result:
     """Read a run directory (finished, or killed part-way: then every completed step is there)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise RodflowError(f"load needs the path of a run directory, got {type(path).__name__}")
     path = Path(path)
     if not (path / "config.json").is_file():
         raise RodflowError(f"{path} is not a rodflow run directory (no config.json)")
     config = read_json(path / "config.json", "config.json")
+    check_config_record(config, path)
     status_record = read_json(path / "status.json", "status.json") if (path / "status.json").is_file() else {}
     complete = bool(status_record.get("complete"))
-    if complete and (path / "metrics.parquet").is_file():
-        try:
-            metrics = pd.read_parquet(path / "metrics.parquet")
-        except Exception as exc:  # pyarrow raises several types for a damaged file
-            raise RodflowError(f"{path / 'metrics.parquet'} is damaged ({type(exc).__name__}); delete it to read "
-                               "the run from metrics.jsonl") from None
-    else:
-        metrics = read_jsonl(path / "metrics.jsonl")
+    metrics, source = read_metrics(path, complete)
     status = read_statuses(status_record) if status_record else {}
-    if not complete:  # killed or still running: what did not end yet is incomplete, not ok
+    if complete:  # finished: a method whose rows stop short of its end is not ok (a lost or cut metrics file)
+        for m, (first, last) in lacking(metrics, config, status).items():
+            have = metrics.loc[metrics["method"] == m, "step"]
+            status[m] = Status("incomplete", int(have.max()) if len(have) else None,
+                               f"{source} lacks its rows for steps {first}..{last} though status.json says the run "
+                               "is complete; restore the file or start the run again with --overwrite")
+    else:  # killed or still running: what did not end yet is incomplete, not ok
         last = int(metrics["step"].max()) if len(metrics) else None
+        if status_record or last is None or last < int(config["steps"]):
+            why = f"the run stopped before step {config.get('steps')}; continue it with rodflow run --resume {path}"
+        else:  # every step is there but status.json (written at checkpoints and at the end) is gone
+            why = f"{path / 'status.json'} is missing; restore it, or rodflow run --resume {path} rewrites it"
         for m in config.get("methods", []):
             if m not in status or status[m].kind == "ok":
-                status[m] = Status("incomplete", last, f"the run stopped before step {config.get('steps')}; "
-                                                      f"continue it with rodflow run --resume {path}")
+                status[m] = Status("incomplete", last, why)
     iterates, aux = {}, {}
+    rows = int(config["steps"]) + 1
     for method in config["methods"]:
         folder = path / "arrays" / method
-        arrays = {p.stem: _load_array(p) for p in sorted(folder.glob("*.npy")) if not p.name.endswith(".tmp.npy")}
+        arrays = {p.stem: _load_array(p, rows) for p in sorted(folder.glob("*.npy"))
+                  if not p.name.endswith(".tmp.npy")}
         if ITERATE in arrays:
             iterates[method] = arrays.pop(ITERATE)
         aux[method] = arrays
     return Result(metrics, iterates, aux, config, status, path)
+
+
+def check_config_record(config: dict[str, Any], path: Path) -> None:
+    """The fields every reader of a run directory needs (methods, lr, steps), or a one-line error naming the
+    file."""
+    where = Path(path) / "config.json"
+    fix = "restore it or start the run again with --overwrite"
+    for key in ("methods", "lr", "steps"):
+        if key not in config:
+            raise RodflowError(f"{where} has no {key}; {fix}")
+    methods, lr, steps = config["methods"], config["lr"], config["steps"]
+    if not isinstance(methods, list) or not methods or not all(isinstance(m, str) for m in methods):
+        raise RodflowError(f"{where} has methods {methods!r}, not a list of method names; {fix}")
+    if isinstance(lr, bool) or not isinstance(lr, (int, float)) or not 0 < lr < float("inf"):
+        raise RodflowError(f"{where} has lr {lr!r}, not a positive number; {fix}")
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
+        raise RodflowError(f"{where} has steps {steps!r}, not an integer >= 0; {fix}")
+
+
+def read_metrics(path: Path, complete: bool) -> tuple[pd.DataFrame, Path]:
+    """(rows, the file they came from): a finished run's metrics.parquet (its record; metrics.jsonl when the
+    parquet is gone), else metrics.jsonl."""
+    parquet = path / "metrics.parquet"
+    if complete and parquet.is_file():
+        try:
+            return pd.read_parquet(parquet), parquet
+        except Exception as exc:  # pyarrow raises several types for a damaged file
+            raise RodflowError(f"{parquet} is damaged ({type(exc).__name__}); delete it to read "
+                               "the run from metrics.jsonl") from None
+    return read_jsonl(path / "metrics.jsonl"), path / "metrics.jsonl"
+
+
+def last_step(status: Status | None, steps: int) -> int:
+    """The last step a method of a finished run has a row for: ``steps`` when it ended ok, its step when it
+    diverged (the diverging row is kept), the step before when it failed (no row at the failing step)."""
+    if status is None or status.kind == "ok":
+        return steps
+    if status.step is None or status.kind == "incomplete":
+        return -1
+    return status.step - (status.kind != "diverged")
+
+
+def lacking(metrics: pd.DataFrame, config: dict[str, Any], status: dict[str, Status]) -> dict[str, tuple[int, int]]:
+    """Methods of a finished run whose rows do not cover steps 0..their last step: method -> (first missing
+    step, last step)."""
+    out = {}
+    for m in config["methods"]:
+        last = last_step(status.get(m), int(config["steps"]))
+        have = set(metrics.loc[metrics["method"] == m, "step"].tolist()) if len(metrics) else set()
+        missing = [s for s in range(last + 1) if s not in have]
+        if missing:
+            out[m] = (missing[0], last)
+    return out
 
 
 def read_json(path: Path, what: str) -> dict[str, Any]:
@@ -137,12 +200,32 @@ def read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _load_array(path: Path) -> np.ndarray:
+def _load_array(path: Path, rows: int | None = None, mmap_mode: str | None = None) -> np.ndarray:
+    """A per-step array file, checked whole (header, size, and ``rows`` rows when given) before it is read or
+    memory-mapped (a memmap opened for writing would silently extend a truncated file with zeros)."""
+    fix = "delete it (that array is then missing) or start the run again with --overwrite"
     try:
-        return np.load(path)
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            shape, _, dtype = (np.lib.format.read_array_header_1_0(fh) if version == (1, 0)
+                               else np.lib.format.read_array_header_2_0(fh))
+            offset = fh.tell()
+        size = os.path.getsize(path)
     except (OSError, ValueError, EOFError) as exc:
         raise RodflowError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-                           "delete it (that array is then missing) or start the run again with --overwrite") from None
+                           f"{fix}") from None
+    need = offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+    if dtype.hasobject or size != need:
+        what = "holds Python objects" if dtype.hasobject else f"has {size} bytes where its header needs {need}"
+        raise RodflowError(f"{path} is damaged (it {what}); {fix}")
+    if rows is not None and (len(shape) == 0 or shape[0] != rows):
+        have = shape[0] if len(shape) else 0
+        raise RodflowError(f"{path} is damaged (it has {have} rows where the run's steps 0..{rows - 1} need {rows}); {fix}")
+    try:
+        return np.load(path, mmap_mode=mmap_mode)
+    except (OSError, ValueError, EOFError) as exc:
+        raise RodflowError(f"{path} is damaged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
+                           f"{fix}") from None
 
 
 def read_jsonl(path: Path) -> pd.DataFrame:
@@ -176,8 +259,9 @@ def read_jsonl_rows(path: Path) -> list[dict[str, Any]]:
 
 def metrics_frame(rows: list[dict[str, Any]]) -> pd.DataFrame:
     frame = pd.DataFrame(rows)
-    if frame.empty:
-        return pd.DataFrame({"method": pd.Series(dtype=str), "step": pd.Series(dtype="int64")})
+    if frame.empty:  # no row yet (a run killed at once): the columns every row has, so readers need no special case
+        return pd.DataFrame({"method": pd.Series(dtype=str), "step": pd.Series(dtype="int64"),
+                             **{c: pd.Series(dtype=float) for c in ROW_COLUMNS}})
     frame["step"] = frame["step"].astype("int64")
     return frame.sort_values(["method", "step"], kind="stable").reset_index(drop=True)
 

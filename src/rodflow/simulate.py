@@ -24,7 +24,7 @@ from .devices import precise, resolve_device
 from .errors import RodflowError, RodflowWarning
 from .measurements.base import Measurement
 from .problem import Problem, resolve_dtype
-from .records import ITERATE, Result, read_json
+from .records import ITERATE, Result, check_config_record, read_json
 from .runconfig import RunConfig
 from .status import read_statuses
 from .stepper import MEASUREMENT_ERRORS, Stepper, reason
@@ -120,7 +120,8 @@ def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bo
     if not (path / "config.json").is_file():
         raise RodflowError(f"{path} is not a rodflow run directory (no config.json); check the path")
     config = read_json(path / "config.json", "config.json")
-    RunConfig.from_json(config)  # an unknown or missing field is a one-line error, before anything runs
+    check_config_record(config, path)
+    RunConfig.from_dict(config, ignore=("problem", "environment"), what=f"{path / 'config.json'}")  # an unknown or missing field is a one-line error, before anything runs
     if problem is None:
         spec = config["problem"]
         if not spec.get("registered"):
@@ -328,8 +329,8 @@ class _Run:
         record = self.writer.status_record()
         if record.get("complete"):
             self.next_step = self.steps + 1  # already finished: the rows and arrays as written
-            self.writer.reload_complete()
             self.stepper.status = read_statuses(record)
+            self.writer.reload_complete(self.config, self.stepper.status)
             return
         checkpoint = self.writer.read_checkpoint()
         if checkpoint is None:  # killed before the first checkpoint: start over, from nothing

@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from .errors import RodflowError
-from .records import ITERATE, metrics_frame, read_json, read_jsonl, read_jsonl_rows, write_json, write_parquet
+from .records import (ITERATE, _load_array, lacking, metrics_frame, read_json, read_jsonl_rows, read_metrics,
+                      write_json, write_parquet)
 from .status import statuses_record
 
 LOCK = ".lock"
@@ -113,7 +114,7 @@ class Writer:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{key}.npy"
             if target.exists():
-                store = np.load(target, mmap_mode="r+")
+                store = _load_array(target, self.steps + 1, mmap_mode="r+")
             else:
                 need = float(np.prod(shape, dtype=float)) * np.dtype(dtype).itemsize
                 free = shutil.disk_usage(folder).free
@@ -167,9 +168,18 @@ class Writer:
         path = self.out / "status.json"
         return read_json(path, "status.json") if path.is_file() else {}
 
-    def reload_complete(self) -> None:
-        """A finished run: its rows and arrays as written (``finish`` then writes the same files again)."""
-        self.rows = read_jsonl(self.out / "metrics.jsonl").to_dict("records")
+    def reload_complete(self, config: dict[str, Any], statuses) -> None:
+        """A finished run: its rows (metrics.parquet, its record; metrics.jsonl when that is gone) and arrays as
+        written (``finish`` then writes the same files again). Rows that stop short of a method's end are a
+        one-line error: a cut file is never rebuilt into a shorter result marked complete."""
+        metrics, source = read_metrics(self.out, complete=True)
+        short = lacking(metrics, config, statuses)
+        if short:
+            m, (first, last) = next(iter(short.items()))
+            raise RodflowError(f"{source} lacks {m}'s rows for steps {first}..{last} though status.json says the run "
+                               "is complete; restore the file (metrics.parquet or metrics.jsonl) or start the run "
+                               "again with --overwrite")
+        self.rows = [clean(r) for r in metrics.to_dict("records")]
         self._open_arrays()
 
     def read_checkpoint(self) -> tuple[dict[str, Any], dict[str, Any]] | None:
@@ -219,7 +229,7 @@ class Writer:
         for m in self.methods:
             for p in (self.out / "arrays" / m).glob("*.npy"):
                 if not p.name.endswith(".tmp.npy"):
-                    self.arrays[m][p.stem] = np.load(p, mmap_mode="r+")
+                    self.arrays[m][p.stem] = _load_array(p, self.steps + 1, mmap_mode="r+")
 
     # ----------------------------------------------------------------------------------------- finish
     def finish(self, statuses) -> tuple[Any, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:
