@@ -103,8 +103,13 @@ def test_cli_compare_and_rerun_in_same_directory(tmp_path):
     res = runner.invoke(app, ["compare", str(cfg), "--out", str(out), "--no-progress"])
     assert res.exit_code == 0, res.output
     assert "gradient_flow" in res.output and (out / "summary.md").is_file()
-    # again, longer, into the same directory: no stale per-step arrays
+    # again into the same directory: refused without --overwrite (like rodflow run), nothing touched
+    before = (out / "metrics.parquet").read_bytes()
     res = runner.invoke(app, ["compare", str(cfg), "--out", str(out), "--no-progress", "--steps", "5"])
+    assert res.exit_code == 2 and "pass --overwrite" in res.output and len(res.output.strip().splitlines()) == 1
+    assert (out / "metrics.parquet").read_bytes() == before
+    # with --overwrite, longer: replaced, no stale per-step arrays
+    res = runner.invoke(app, ["compare", str(cfg), "--out", str(out), "--no-progress", "--steps", "5", "--overwrite"])
     assert res.exit_code == 0, res.output
     assert rodflow.load(out).iterates["gd"].shape[0] == 6
 

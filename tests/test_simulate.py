@@ -115,6 +115,30 @@ def test_save_load_round_trip(tmp_path):
     assert back.config == r.config and back.status == r.status
 
 
+def test_save_refuses_an_existing_run_and_a_file_unless_overwrite(tmp_path):
+    p = problems.make("quadratic")
+    long = rodflow.simulate(p, lr=0.1, steps=20, methods=["gd", "gradient_flow"], progress=False)
+    short = rodflow.simulate(p, lr=0.1, steps=5, methods=["gd"], progress=False)
+    path = long.save(tmp_path / "run")
+    (path / "plots").mkdir()
+    (path / "plots" / "loss.png").write_bytes(b"old figure")
+    before = (path / "metrics.parquet").read_bytes()
+    with pytest.raises(RodflowError) as info:
+        short.save(path)
+    assert "already holds a run" in str(info.value) and "overwrite=True" in str(info.value)
+    assert "\n" not in str(info.value) and (path / "metrics.parquet").read_bytes() == before
+    short.save(path, overwrite=True)  # replaced whole: no stale arrays or plots of the longer run
+    back = rodflow.load(path)
+    assert back.methods == ["gd"] and len(back.metrics) == 6 and back.iterates["gd"].shape[0] == 6
+    assert not (path / "plots").exists() and not (path / "arrays" / "gradient_flow").exists()
+    back.save(path)  # a loaded result into its own directory: in place
+    (tmp_path / "file").write_text("x")
+    for target in (tmp_path / "file", tmp_path / "file" / "under"):
+        with pytest.raises(RodflowError) as info:
+            short.save(target)
+        assert "\n" not in str(info.value) and ("is a file" in str(info.value) or "Not a directory" in str(info.value))
+
+
 def test_out_dir_equals_in_memory_run(tmp_path):
     p = problems.make("scalar-network", depth=3)
     a = rodflow.simulate(p, lr=0.2, steps=25)

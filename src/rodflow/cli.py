@@ -8,12 +8,13 @@ from typing import List, Optional
 
 import typer
 
-from .commands.base import app, command, parse_options, parse_pairs, parse_value, set_threads  # noqa: F401
+from .commands.base import app, check_out, command, parse_options, parse_pairs, parse_value, set_threads  # noqa: F401
 from .errors import RodflowError
 
 
 # what `run --resume DIR` may still be told: where and how to run, not what to run
 RESUME_FLAGS = ("resume", "device", "threads", "progress", "plots")
+_check_out = check_out  # (name kept)
 
 
 def _given(ctx, name: str) -> bool:
@@ -60,7 +61,7 @@ def run(
     import rodflow
 
     if resume is None and problem is not None:
-        _check_out(out or Path("runs") / problem, overwrite)
+        check_out(out or Path("runs") / problem, overwrite, resumable=True)
     if resume is not None:
         given = ["--" + p.name.replace("_", "-") for p in ctx.command.params
                  if p.name not in RESUME_FLAGS and _given(ctx, p.name)]
@@ -112,16 +113,6 @@ def _interrupt_message():
         typer.echo(f"interrupted after step {exc.step}; checkpoint written. Continue with: "
                    f"rodflow run --resume {exc.path}", err=True)
         raise typer.Exit(128 + int(exc.signum)) from None
-
-
-def _check_out(out: Path, overwrite: bool) -> None:
-    """An existing run directory is replaced only with --overwrite (a killed run there could be resumed)."""
-    if out.exists() and not out.is_dir():
-        raise RodflowError(f"--out {out} is a file, not a directory; choose another --out")
-    if out.is_dir() and any(out.iterdir()) and not overwrite:
-        what = "a run" if (out / "config.json").is_file() else "files"
-        raise RodflowError(f"{out} already holds {what}; pass --overwrite to replace it, --resume {out} to continue "
-                           "it, or another --out")
 
 
 def _report(result, plots: bool) -> None:

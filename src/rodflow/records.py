@@ -17,6 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import subprocess
 from pathlib import Path
 from typing import Any
@@ -28,6 +29,9 @@ from .errors import RodflowError
 from .status import Status, read_statuses, statuses_record
 
 ITERATE = "iterate"
+#: what a run directory holds (``Result.save(overwrite=True)`` clears these)
+RUN_FILES = ("config.json", "metrics.parquet", "metrics.jsonl", "status.json", "checkpoint.npz", "arrays", "plots",
+             "summary.csv", "summary.md", "compare.json")
 #: columns every metrics row has
 ROW_COLUMNS = ("loss", "loss_pred", "grad_norm", "sharpness", "dist_gd", "dist_gd_mid", "grad_evals", "hvps", "d3",
                "wall_s")
@@ -66,10 +70,32 @@ class Result:
 
         return summarize(self)
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write this result as a run directory (see the module docstring) and return its path."""
+    def save(self, path: str | os.PathLike, overwrite: bool = False) -> Path:
+        """Write this result as a run directory (see the module docstring) and return its path. A directory
+        that already holds files is refused unless ``overwrite=True`` (then the run files there, plots
+        included, are cleared first); the result's own directory is written in place."""
+        if not isinstance(path, (str, os.PathLike)):
+            raise RodflowError(f"save needs a directory path, got {type(path).__name__}")
         path = Path(path)
-        (path / "arrays").mkdir(parents=True, exist_ok=True)
+        if path.exists() and not path.is_dir():
+            raise RodflowError(f"{path} is a file, not a directory; save to a directory path")
+        own = self.path is not None and path.resolve() == Path(self.path).resolve()
+        if path.is_dir() and not own and any(path.iterdir()):
+            if not overwrite:
+                what = "a run" if (path / "config.json").is_file() else "files"
+                raise RodflowError(f"{path} already holds {what}; pass overwrite=True to replace it, or save to "
+                                   "another path")
+            for name in RUN_FILES:
+                target = path / name
+                if target.is_dir() and not target.is_symlink():
+                    shutil.rmtree(target)
+                else:
+                    target.unlink(missing_ok=True)
+        try:
+            (path / "arrays").mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise RodflowError(f"cannot write the run directory {path} ({exc.strerror or type(exc).__name__}); "
+                               "save to another path") from None
         write_json(path / "config.json", self.config)
         write_parquet(path / "metrics.parquet", self.metrics)
         for method in self.methods:

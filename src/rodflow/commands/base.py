@@ -30,6 +30,17 @@ def command(fn):
 
     return app.command()(wrapper)
 
+def check_out(out, overwrite: bool, resumable: bool = False) -> None:
+    """An existing run directory is replaced only with --overwrite (a killed run there could be resumed)."""
+    from pathlib import Path
+
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise RodflowError(f"--out {out} is a file, not a directory; choose another --out")
+    if out.is_dir() and any(out.iterdir()) and not overwrite:
+        what = "a run" if (out / "config.json").is_file() else "files"
+        resume = f", --resume {out} to continue it" if resumable else ""
+        raise RodflowError(f"{out} already holds {what}; pass --overwrite to replace it{resume}, or another --out")
 
 
 def parse_value(text: str) -> Any:

@@ -7,7 +7,7 @@ from typing import Optional
 
 import typer
 
-from .base import command, set_threads
+from .base import check_out, command, set_threads
 
 
 @command
@@ -18,6 +18,7 @@ def compare(
     threads: int = typer.Option(1, help="intra-op threads (torch and BLAS)"),
     progress: bool = typer.Option(True, help="progress bar"),
     plots: bool = typer.Option(True, help="write the figures"),
+    overwrite: bool = typer.Option(False, "--overwrite", help="replace an existing run directory at --out"),
 ):
     """Run GD, gradient flow, central flow and rod flow from one start (a TOML config); table + figures."""
     set_threads(threads)
@@ -26,6 +27,7 @@ def compare(
     cfg = cmp.load_config(config)
     if steps is not None:
         cfg["steps"] = steps
+    check_out(out if out is not None else Path("runs") / str(cmp.check_config(cfg)["name"]), overwrite)
     echo_comparison(cmp.compare(cfg, out=out, progress=progress, plots=plots))
 
 
