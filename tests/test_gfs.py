@@ -479,3 +479,66 @@ def test_gauss_newton_gives_up_and_waits_for_a_tenfold_lower_loss(monkeypatch):
     before = p.counts.jvps
     assert G._gauss_newton(p, x, solver, 0.0, state) is None
     assert p.counts.jvps == before  # not tried again at the same loss: no LSQR work
+
+
+def test_rkc_error_includes_its_check_solve_and_bounds_the_true_error(monkeypatch):
+    import rodflow.gfs as G
+
+    torch.set_num_threads(1)
+    p = tiny_cnn()
+    tight = gfs_sharpness(p, tol=1e-8)
+    res = gfs_sharpness(p, integrator="rkc")
+    assert res.converged and abs(res.sharpness - tight.sharpness) <= res.error
+    # the check solve runs at 10x looser tolerances and its change of φ is added to the error
+    calls = []
+    real = G._numerical
+
+    def spy(problem, w, solver, loosen=1.0):
+        out = real(problem, w, solver, loosen)
+        calls.append(loosen)
+        if loosen != 1.0:
+            out.sharpness += 0.01  # a check solve that disagrees by 0.01
+        return out
+
+    monkeypatch.setattr(G, "_numerical", spy)
+    shifted = gfs_sharpness(p, integrator="rkc")
+    assert calls == [1.0, G.RKC_CHECK]
+    assert shifted.sharpness == pytest.approx(res.sharpness, abs=1e-12)
+    assert shifted.error >= 0.01
+    assert gfs_sharpness(p).error < 0.01 and calls[2:] == [1.0]  # dopri: one solve, no check
+
+    def failing(problem, w, solver, loosen=1.0):
+        out = real(problem, w, solver, loosen)
+        if loosen != 1.0:
+            out = G._nan(problem, w, "numerical", "budget of 10 gradient evaluations exhausted")
+        return out
+
+    monkeypatch.setattr(G, "_numerical", failing)
+    unchecked = gfs_sharpness(p, integrator="rkc")
+    assert math.isnan(unchecked.sharpness) and "check solve failed" in unchecked.reason
+
+
+def test_cli_gfs_on_several_networks(tmp_path, capsys):
+    from rodflow.cli import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as info:
+            main(["gfs", "--out", str(tmp_path / "g"), "--only-network", "--no-progress", *args])
+        return info.value.code
+
+    assert run("--network", "cnn-digits,mlp-digits", "--network-param", "n=4", "--network-param", "classes=2",
+               "--network-param", "width=4", "--network-steps", "10", "--network-gfs-every", "10") == 0
+    table = pd.read_csv(tmp_path / "g" / "networks.csv")
+    assert list(table["network"]) == ["cnn-digits", "mlp-digits"]
+    assert (table["evals"] == 2).all() and (table["nan"] == 0).all()
+    assert (table["grad_equivalents_per_phi"] > table["grads_per_phi"]).all()
+    assert (table["max_error_rel"] <= 1e-4).all()
+    assert (tmp_path / "g" / "networks.png").stat().st_size > 1000
+    assert (tmp_path / "g" / "network-cnn-digits.png").is_file() and (tmp_path / "g" / "network-mlp-digits").is_dir()
+    capsys.readouterr()
+    assert run("--network", "vit-digits,transformer-sorting", "--network-param", "patch=2") == 2
+    assert "transformer-sorting has no parameter 'patch'" in capsys.readouterr().err
+    assert run("--network", "cnn-digits", "--gfs-opt", "tolerance=1e-3") == 2
+    assert "unknown --gfs-opt 'tolerance'" in capsys.readouterr().err
+    assert run("--network", "") == 2
+    assert "--only-network needs --network" in capsys.readouterr().err

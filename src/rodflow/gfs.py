@@ -20,8 +20,10 @@ Solvers, chosen automatically from ``problem.extras``:
   ``a = a0 ⊙ exp(z)``, ``b = b0 ⊙ exp(−z)``, ``z = Xᵀc`` (``u_i² − v_i²`` is conserved);
   ``F(c) = Σ_j (a0_j² e^{2z_j} + b0_j² e^{−2z_j})/8 − yᵀc`` and ``φ = (1/n) λ_max(X diag(u² + v²) Xᵀ)``.
 - ``numerical`` — any problem: adaptive Dormand-Prince on ``−∇L`` (the controller holds the step at the
-  stability limit ~3.3/S of the stiff flow; ``integrator="rkc"``: Runge-Kutta-Chebyshev, cheaper on long
-  stiff flows), and every time ‖∇L‖ has fallen tenfold (or the work doubled) the
+  stability limit ~3.3/S of the stiff flow; ``integrator="rkc"``: Dormand-Prince until that limit holds the
+  step, then Runge-Kutta-Chebyshev, cheaper on long stiff flows, solved a second time at 10× looser tolerances
+  so that the integration error is part of ``error``), and every time ‖∇L‖ has fallen tenfold (or the work
+  doubled) the
   flow's point is *projected* onto the minimisers: by Gauss-Newton when the loss is a least-squares residual
   ``½‖r‖²`` (``problem.has_residual``: every MSE problem; ``δ = −J⁺r`` by LSQR from J and Jᵀ products, to a zero
   residual, i.e. a global minimiser), else by Newton-CG (``δ = −H⁺∇L`` from HVPs). Both are minimum-norm steps,
@@ -30,6 +32,8 @@ Solvers, chosen automatically from ``problem.extras``:
   which should give the same φ) contract with a fixed sign to within ``tol·φ`` (``_consecutive_error``; two
   projections suffice when they agree to the eigensolver's accuracy, one when it did not move); that estimate
   is reported as ``error``. A final negative-curvature check rejects saddles (not needed after a zero residual).
+  Cross-entropy problems (``extras["cross_entropy_terms"]``) stop with the reason "no finite minimiser" as soon
+  as the loss certifies that every label is predicted first from then on (``_no_finite_limit``).
 """
 
 from __future__ import annotations
