@@ -542,3 +542,30 @@ def test_cli_gfs_on_several_networks(tmp_path, capsys):
     assert "unknown --gfs-opt 'tolerance'" in capsys.readouterr().err
     assert run("--network", "") == 2
     assert "--only-network needs --network" in capsys.readouterr().err
+
+
+def test_cli_gfs_network_runs_are_read_back_or_refused(tmp_path, capsys):
+    from rodflow.cli import main
+
+    def run(*args):
+        with pytest.raises(SystemExit) as info:
+            main(["gfs", "--out", str(tmp_path / "g"), "--only-network", "--no-progress", "--network", "cnn-digits",
+                  "--network-param", "n=4", "--network-param", "classes=2", "--network-param", "width=4",
+                  "--network-gfs-every", "5", *args])
+        return info.value.code
+
+    assert run("--network-steps", "5") == 0
+    first = pd.read_csv(tmp_path / "g" / "networks.csv")
+    mtime = (tmp_path / "g" / "network" / "metrics.parquet").stat().st_mtime_ns
+    assert run("--network-steps", "5") == 0  # the finished run is read back, not run again
+    assert (tmp_path / "g" / "network" / "metrics.parquet").stat().st_mtime_ns == mtime
+    again = pd.read_csv(tmp_path / "g" / "networks.csv")
+    pd.testing.assert_frame_equal(first.drop(columns=["jvp_cost", "hvp_cost", "grad_equivalents_per_phi",
+                                                      "max_grad_equivalents"]),
+                                  again.drop(columns=["jvp_cost", "hvp_cost", "grad_equivalents_per_phi",
+                                                      "max_grad_equivalents"]))
+    capsys.readouterr()
+    assert run("--network-steps", "10") == 2
+    assert "holds a different run" in capsys.readouterr().err
+    assert run("--network-steps", "5", "--eta-factor", "1.2") == 2
+    assert "not --eta-factor 1.2" in capsys.readouterr().err

@@ -96,11 +96,19 @@ NETWORK_GFS: dict[str, dict] = {"resnet-digits": {"integrator": "rkc"}, "vit-dig
 
 def network_run(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, progress: bool,
                 gfs_options: dict | None = None):
-    """GD at η = eta_factor·2/φ0 (so φ0 > 2/η) on a registered problem, φ every ``every`` steps; a run directory."""
+    """GD at η = eta_factor·2/φ0 (so φ0 > 2/η) on a registered problem, φ every ``every`` steps; a run directory.
+    Returns (result, φ0). A finished run of the same experiment in ``out`` is read back, a killed one resumed."""
     import rodflow
 
     from ..gfs import gfs_sharpness
 
+    if (out / "config.json").is_file():
+        res = _existing_run(out, name, params, steps, every, gfs_options, progress)
+        phi0 = float(res.method("gd")["gfs_sharpness"].iloc[0])
+        if not abs(res.lr * phi0 / 2.0 - eta_factor) <= 1e-3 * eta_factor:
+            raise RodflowError(f"{out} holds a run at η = {res.lr:.4g} = {res.lr * phi0 / 2:.3g}·2/φ0, not "
+                               f"--eta-factor {eta_factor:g}; choose another --out or delete it")
+        return res, phi0
     p = rodflow.problems.make(name, **params)
     start = gfs_sharpness(p, **(gfs_options or {}))
     if not start.converged:
@@ -109,7 +117,27 @@ def network_run(name: str, params: dict, eta_factor: float, steps: int, every: i
     lr = eta_factor * 2.0 / start.sharpness
     res = rodflow.simulate(p, lr=lr, steps=steps, methods=["gd"], gfs_every=every, sharpness_every=1,
                            gfs_options=gfs_options or None, out=out, progress=progress)
-    return res, start
+    return res, start.sharpness
+
+
+def _existing_run(out: Path, name: str, params: dict, steps: int, every: int, gfs_options: dict | None,
+                  progress: bool):
+    """The run already in ``out``: loaded when complete, resumed when killed; refused when it is another one."""
+    import rodflow
+    from ..records import read_json
+
+    config = read_json(out / "config.json", "config.json")
+    problem = config.get("problem", {})
+    same = (problem.get("name") == name and all(problem.get("params", {}).get(k) == v for k, v in params.items())
+            and config.get("steps") == steps and config.get("gfs_every") == every
+            and (config.get("gfs_options") or {}) == (gfs_options or {}))
+    if not same:
+        raise RodflowError(f"{out} holds a different run (not {name} {params}, {steps} steps, φ every {every}, "
+                           f"GFS options {gfs_options or {}}); choose another --out or delete it")
+    status = out / "status.json"
+    if status.is_file() and read_json(status, "status.json").get("complete"):
+        return rodflow.load(out)
+    return rodflow.resume(out, progress=progress)
 
 
 PHI_COLUMNS = ["gfs_sharpness", "gfs_error", "gfs_converged", "gfs_grad_evals", "gfs_jvps", "gfs_hvps", "gfs_wall_s"]
@@ -123,7 +151,7 @@ def network_experiment(name: str, params: dict, eta_factor: float, steps: int, e
 
     from ..gfs import cost_ratios, gradient_equivalents
 
-    res, start = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options)
+    res, phi0 = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options)
     df = res.method("gd")
     summ = res.summary().iloc[0]
     phi = df[PHI_COLUMNS].dropna(subset=["gfs_sharpness", "gfs_converged"], how="all")
@@ -134,7 +162,7 @@ def network_experiment(name: str, params: dict, eta_factor: float, steps: int, e
     lr = res.lr
     good = phi[phi["gfs_converged"] == 1]
     row = dict(network=name, params=" ".join(f"{k}={v}" for k, v in params.items()), d=p.d,
-               targets=int(p.residual(p.w0).numel()) if p.has_residual else math.nan, phi0=start.sharpness, lr=lr,
+               targets=int(p.residual(p.w0).numel()) if p.has_residual else math.nan, phi0=phi0, lr=lr,
                two_over_lr=2 / lr, steps=len(df) - 1, final_loss=float(df["loss"].iloc[-1]),
                final_sharpness=float(df["sharpness"].dropna().iloc[-1]), phi_min=float(good["gfs_sharpness"].min()),
                phi_max=float(good["gfs_sharpness"].max()), final_phi=float(summ["final_gfs_sharpness"]),
@@ -146,7 +174,7 @@ def network_experiment(name: str, params: dict, eta_factor: float, steps: int, e
                hvp_cost=ratios["hvp"], grad_equivalents_per_phi=float(phi["gfs_grad_equivalents"].mean()),
                max_grad_equivalents=float(phi["gfs_grad_equivalents"].max()),
                wall_s_per_phi=float(phi["gfs_wall_s"].mean()))
-    typer.echo(f"{name} {params} (d = {p.d}): φ0 = {start.sharpness:.6g}, η = {lr:.4g} (2/η = {2 / lr:.4g}); after "
+    typer.echo(f"{name} {params} (d = {p.d}): φ0 = {phi0:.6g}, η = {lr:.4g} (2/η = {2 / lr:.4g}); after "
                f"{row['steps']} steps: loss {row['final_loss']:.3g}, sharpness {row['final_sharpness']:.4g}, φ = "
                f"{row['final_phi']:.6g}; φ evaluations {row['evals']} (NaN {row['nan']}), increases above solver "
                f"error {row['increases']}, mean cost {row['grads_per_phi']:.0f} gradients + {row['jvps_per_phi']:.0f} "
