@@ -121,6 +121,7 @@ def test_cli_compare_and_rerun_in_same_directory(tmp_path):
     ({"colour": "red"}, "unknown key 'colour'"),
     ({"problem": "mlp-digitz"}, "did you mean"),
     ({"methods": ["gd", "teleport"]}, "unknown method"),
+    ({"s0_fraction": None, "lr": "0.1"}, "lr must be a positive number, got '0.1'"),
 ])
 def test_bad_configs_are_one_line_errors(bad, match, tmp_path):
     cfg = tiny_config(**bad)

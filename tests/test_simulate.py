@@ -238,6 +238,28 @@ def test_cli_run_writes_plots_and_summary(tmp_path, capsys):
         (["run", "--resume", "/nonexistent/dir"], "not a rodflow run directory"),
         (["run", "--problem", "quadratic", "--gfs-every", "5", "--gfs-opt", "tl=1"], "unknown GFS option 'tl'"),
         (["run", "--problem", "quadratic", "--gfs-every", "5", "--gfs-opt", "tol=2"], "tol must be in (0, 1)"),
+        *[(["run", "--problem", "quadratic", "--methods", "gd,central_flow", "--opt", f"central_flow.{opt}"], match)
+          for opt, match in [("seed=abc", "seed must be an integer in 0.."), ("seed=1.5", "seed must be an integer"),
+                             ("seed=true", "seed must be an integer"), ("seed=-1", "seed must be an integer in 0.."),
+                             ("max_k=abc", "max_k must be a positive integer"),
+                             ("eig_tol=abc", "eig_tol must be a number")]],
+        (["run", "--problem", "quadratic", "--seed", "99999999999999999999"], "seed must be an integer in 0.."),
+        *[(["run", "--problem", "quadratic", "--gfs-every", "5", "--gfs-opt", opt], match)
+          for opt, match in [("lsqr_maxiter=abc", "lsqr_maxiter must be an integer"),
+                             ("max_grad_evals=abc", "max_grad_evals must be an integer"),
+                             ("atol=abc", "atol must be a finite number >= 0"),
+                             ("cg_maxiter=2.5", "cg_maxiter must be an integer"),
+                             ("eig_tol=nan", "eig_tol must be a positive finite number"),
+                             ("eig_tol=-1", "eig_tol must be a positive"),
+                             ("seed=abc", "GFS option seed must be an integer"),
+                             ("seed=1.5", "GFS option seed must be an integer")]],
+        (["run", "--problem", "quadratic", "--gfs-opt", "tol=1e-3"], "--gfs-every is 0"),
+        (["run", "--problem", "scalar-network", "--param", "depth=2.5"], "depth must be a positive integer"),
+        (["run", "--problem", "quadratic", "--param", "lambdas=[nan,1]"], "lambdas must be a flat list of finite"),
+        (["run", "--problem", "quadratic", "--param", "lambdas=abc"], "lambdas must be a flat list of finite"),
+        (["run", "--problem", "scalar-network", "--param", "y=nan"], "y must be finite"),
+        (["run", "--problem", "scalar-network", "--param", "depth=3", "--param", "depth=4"],
+         "--param depth is given twice"),
     ],
 )
 def test_cli_bad_input_one_line(tmp_path, args, match, capsys, monkeypatch):
@@ -265,6 +287,13 @@ def test_cli_bad_input_one_line(tmp_path, args, match, capsys, monkeypatch):
         (dict(options={"gd": {"optimizer": "momentum"}}), "gd.optimizer is now the run's optimizer"),
         (dict(dtype="float16"), "unknown dtype"),
         (dict(neigs=0), "neigs must be"),
+        (dict(methods=5), "methods must be method names"),
+        (dict(methods=["gd", 3]), "methods must be method names"),
+        (dict(options={"gd": [1]}), "must map that method's options"),
+        (dict(out=5), "out must be a directory path"),
+        (dict(lr="0.1"), "lr must be a positive number, got '0.1'"),
+        (dict(seed=2**70), "seed must be an integer in 0.."),
+        (dict(gfs_every=2, gfs_options={"seed": -1}), "GFS option seed must be an integer in 0.."),
     ],
 )
 def test_api_bad_input(kwargs, match):
@@ -335,3 +364,26 @@ def test_cli_run_refuses_to_replace_an_existing_run(tmp_path, capsys, monkeypatc
     (tmp_path / "f").write_text("x")
     code, err = cli(args[:-1] + ["f"])
     assert code == 2 and "is a file, not a directory" in err
+
+
+def test_api_bad_names_paths_and_data_are_one_line_errors():
+    from torch import nn
+
+    for bad in (None, 3):
+        with pytest.raises(RodflowError, match="problems.make needs a problem name"):
+            problems.make(bad)
+    with pytest.raises(RodflowError, match="depth must be a positive integer, got '3'"):
+        problems.make("scalar-network", depth="3")
+    with pytest.raises(RodflowError, match="load needs the path of a run directory"):
+        rodflow.load(None)
+    X, y = torch.randn(5, 3), torch.randint(0, 2, (5,))
+    with pytest.raises(RodflowError, match="data has no examples") as info:
+        Problem.from_module(nn.Sequential(nn.Linear(3, 2)), (X[:0], y[:0]))
+    assert "\n" not in str(info.value)
+
+
+def test_a_rodflow_warning_prints_as_one_line():
+    code = ("import warnings, rodflow\n"
+            "warnings.warn('the sharpness did not converge', rodflow.RodflowWarning)\n")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.stderr.strip().splitlines() == ["RodflowWarning: the sharpness did not converge"], proc.stderr

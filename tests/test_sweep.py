@@ -102,6 +102,44 @@ def test_expand_bad_input_is_one_line(tmp_path):
         sw.run_sweep(sw.expand({"problem": "quadratic"}), out=tmp_path / "s", engine="dask")
 
 
+@pytest.mark.parametrize("change,match", [
+    ({"methods": 5}, "methods must be a list of method names"),
+    ({"methods": "gd,teleport"}, "unknown method 'teleport'"),
+    ({"methods": "gd,central_flow", "options": {"central_flow": {"sede": 1}}}, "has no parameter 'sede'"),
+    ({"options": {"rod": {"rtol": 1e-3}}}, "unknown method 'rod'"),
+    ({"lr": None}, "has no lr"),
+    ({"params": 5}, "params must be a table"),
+    ({"name": "../../escape"}, "must be a plain directory name"),
+    ({"name": "a/b"}, "must be a plain directory name"),
+])
+def test_bad_sweep_keys_are_refused_before_anything_runs(tmp_path, change, match, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    config = {"name": "s", "problem": "quadratic", "lr": 0.1, "steps": 3, "methods": "gd", "sharpness_every": 0,
+              **change}
+    config = {k: v for k, v in config.items() if v is not None}
+    with pytest.raises(RodflowError, match=match) as info:
+        sw.run_sweep(sw.expand(config), workers=1, progress=False)
+    assert "\n" not in str(info.value)
+    assert not any(tmp_path.rglob("*.json")), list(tmp_path.rglob("*"))  # nothing written, nothing escaped
+
+
+def test_bad_values_fail_their_run_in_one_line(tmp_path):
+    config = {"name": "v", "problem": "quadratic", "steps": 3, "methods": "gd,central_flow", "sharpness_every": 0,
+              "runs": [{"lr": "0.1"}, {"lr": 0.1, "options": {"central_flow": {"seed": "abc"}}}, {"lr": 0.1}]}
+    index = sw.run_sweep(sw.expand(config), out=tmp_path / "s", workers=1, progress=False)
+    status = list(index["status"])
+    assert status[0] == "failed: lr must be a positive number, got '0.1'"
+    assert status[1].startswith("failed: method 'central_flow': seed must be an integer")
+    assert status[2] == "done"
+
+
+def test_a_damaged_sweep_json_says_how_to_recover_without_overwrite(tmp_path):
+    (tmp_path / "sweep.json").write_text("{not json")
+    with pytest.raises(RodflowError) as info:
+        sw.sweep_info(tmp_path)
+    assert "--overwrite" not in str(info.value) and "start the sweep again" in str(info.value)
+
+
 def test_missing_engine_package_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "submitit", None)
     with pytest.raises(RodflowError, match=r"pip install rodflow\[sweep\]"):

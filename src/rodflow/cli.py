@@ -74,6 +74,9 @@ def run(
         else:
             if problem is None:
                 raise RodflowError("give --problem NAME (see `rodflow problems`) or --resume DIR")
+            if gfs_opt and not gfs_every:
+                raise RodflowError("--gfs-opt is given but --gfs-every is 0 (the GFS sharpness is not tracked); add "
+                                   "--gfs-every N or drop --gfs-opt")
             prob = rodflow.problems.make(problem, dtype=dtype, device=device, **parse_pairs(param, "--param"))
             if lr is None:
                 if prob.suggested_lr is None:

@@ -37,7 +37,7 @@ from .configfile import read_toml
 from .errors import RodflowError
 from .records import Result, write_json
 from .panels import gd_oscillation  # noqa: F401  (public name kept)
-from .runconfig import RunConfig, check_keys
+from .runconfig import RunConfig, check_keys, positive_float
 from .simulate import simulate
 
 EOS_FRACTION = 0.995
@@ -81,6 +81,8 @@ def check_config(config: dict[str, Any]) -> dict[str, Any]:
     check_keys(config, sorted(_RESERVED | _SIM_KEYS), "config")
     if ("lr" in config) == ("s0_fraction" in config):
         raise RodflowError("config needs exactly one of lr = η or s0_fraction = S0 / (2/η) (e.g. 0.4)")
+    if "lr" in config:
+        config["lr"] = positive_float("lr", config["lr"])
     if "s0_fraction" in config:
         f = config["s0_fraction"]
         if isinstance(f, bool) or not isinstance(f, (int, float)) or not 0 < f < math.inf:

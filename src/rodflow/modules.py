@@ -182,7 +182,14 @@ def _arrays(data) -> list[Tensor]:
     if isinstance(data, (torch.Tensor, np.ndarray)) or not isinstance(data, Sequence) or len(data) < 2:
         raise RodflowError("data must be (inputs, targets) — or (input1, ..., targets) for a module with several "
                            "inputs — as tensors or arrays with one row per example, or a TensorDataset")
-    return [a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a)) for a in data]
+    arrays = [a if isinstance(a, torch.Tensor) else torch.from_numpy(np.asarray(a)) for a in data]
+    rows = {int(a.shape[0]) if a.dim() else -1 for a in arrays}
+    if -1 in rows or len(rows) != 1:
+        raise RodflowError(f"data's arrays must have one row per example, the same number each; got shapes "
+                           f"{', '.join(str(tuple(a.shape)) for a in arrays)}")
+    if rows == {0}:
+        raise RodflowError("data has no examples (0 rows); give at least one (inputs, targets) pair")
+    return arrays
 
 
 def _classes(module: nn.Module, inputs: list[Tensor], targets: Tensor, loss) -> int | None:

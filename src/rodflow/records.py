@@ -210,19 +210,17 @@ def lacking(metrics: pd.DataFrame, config: dict[str, Any], status: dict[str, Sta
     return out
 
 
-def read_json(path: Path, what: str) -> dict[str, Any]:
-    """A JSON object file of a run directory, or a one-line error naming the file and what to do."""
+def read_json(path: Path, what: str, hint: str = "restore it or start the run again with --overwrite") -> dict[str, Any]:
+    """A JSON object file of a run directory, or a one-line error naming the file and what to do (``hint``)."""
     try:
         data = json.loads(Path(path).read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise RodflowError(f"{path} is missing; the run directory is incomplete") from None
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise RodflowError(f"{what} in {Path(path).parent} is corrupt ({type(exc).__name__} at byte "
-                           f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))}); restore it or start the run again "
-                           "with --overwrite") from None
+                           f"{getattr(exc, 'pos', getattr(exc, 'start', '?'))}); {hint}") from None
     if not isinstance(data, dict):
-        raise RodflowError(f"{what} in {Path(path).parent} is corrupt (not a JSON object); restore it or start "
-                           "the run again with --overwrite")
+        raise RodflowError(f"{what} in {Path(path).parent} is corrupt (not a JSON object); {hint}")
     return data
 
 

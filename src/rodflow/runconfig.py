@@ -94,6 +94,9 @@ class RunConfig:
         methods = self.methods
         if isinstance(methods, str):
             methods = [m.strip() for m in methods.split(",") if m.strip()]
+        if not isinstance(methods, (list, tuple)) or not all(isinstance(m, str) for m in methods):
+            raise RodflowError(f"methods must be method names, a list or a comma-separated string (e.g. "
+                               f"\"gd,gradient_flow\"; see rodflow.processes.names()), got {methods!r}")
         methods = list(methods)
         if not methods:
             raise RodflowError("methods is empty; choose from: " + ", ".join(processes.names()))
@@ -113,6 +116,10 @@ class RunConfig:
             record = count("record_iterates", record, minimum=1)
         if not isinstance(self.options or {}, Mapping):
             raise RodflowError("options must map a method to its options, e.g. {'rod_flow': {'rtol': 1e-4}}")
+        bad = [m for m, o in dict(self.options or {}).items() if not isinstance(o, Mapping)]
+        if bad:
+            raise RodflowError(f"options[{bad[0]!r}] must map that method's options to values, e.g. "
+                               f"{{'rtol': 1e-4}}, got {dict(self.options)[bad[0]]!r}")
         options = {m: dict(o) for m, o in dict(self.options or {}).items()}
         for m, opts in options.items():
             if m not in methods:
@@ -139,7 +146,9 @@ class RunConfig:
         optimizer_options = {k: rule.options()[k] for k in optimizer_options}  # plain Python values for config.json
         for m in methods:  # validates option names and values, and that each method models the optimizer
             processes.make(m, problem, lr, optimizer=rule, **options.get(m, {}))
-        gfs_options = dict(self.gfs_options or {})
+        if not isinstance(self.gfs_options or {}, Mapping):
+            raise RodflowError("gfs_options must map a GFS option to its value, e.g. {'tol': 1e-3}")
+        gfs_options = check_gfs_types(dict(self.gfs_options or {}))
         if gfs_options:
             from .gfs import gfs_options as check_gfs_options
 
@@ -159,7 +168,7 @@ class RunConfig:
             eig_tol=None if self.eig_tol is None else positive_float("eig_tol", self.eig_tol),
             gfs_every=count("gfs_every", self.gfs_every, minimum=0), gfs_options=gfs_options, measurements=measured,
             record_iterates=record, dtype=dtype_name(resolve_dtype(self.dtype)), device=str(device),
-            seed=count("seed", self.seed, minimum=0),
+            seed=seed_value("seed", self.seed),
             checkpoint_every=None if self.checkpoint_every is None else count("checkpoint_every",
                                                                               self.checkpoint_every, minimum=1),
             checkpoint_seconds=nonnegative_float("checkpoint_seconds", self.checkpoint_seconds),
@@ -201,7 +210,7 @@ def check_keys(data: Mapping[str, Any], valid, what: str) -> None:
 
 
 def positive_float(name: str, value) -> float:
-    if isinstance(value, bool):
+    if isinstance(value, (bool, str, bytes)):  # "0.1" from a config file is a slip, not a number
         raise RodflowError(f"{name} must be a positive number, got {value!r}")
     try:
         x = float(value)
@@ -227,3 +236,40 @@ def count(name: str, value, minimum: int) -> int:
     if int(value) < minimum:
         raise RodflowError(f"{name} must be an integer >= {minimum}, got {value!r}")
     return int(value)
+
+
+#: seeds are integers in 0..MAX_SEED (each run derives further seeds from them, which must fit 64 bits)
+MAX_SEED = 2**32 - 1
+
+
+def seed_value(name: str, value) -> int:
+    """A seed: an integer in 0..MAX_SEED, or a one-line error naming it."""
+    ok = not isinstance(value, bool) and (isinstance(value, (int, np.integer))
+                                          or isinstance(value, float) and value.is_integer())
+    if not ok or not 0 <= int(value) <= MAX_SEED:
+        raise RodflowError(f"{name} must be an integer in 0..{MAX_SEED}, got {value!r}")
+    return int(value)
+
+
+#: the GFS solver's (``rodflow.gfs.GFSOptions``) numeric options: integers with their minimum, positive finite
+#: floats, non-negative finite floats
+GFS_INTEGERS = {"max_grad_evals": 10, "cg_maxiter": 1, "lsqr_maxiter": 1}
+GFS_POSITIVE = ("tol", "rtol", "eig_tol")
+GFS_NONNEGATIVE = ("atol",)
+
+
+def check_gfs_types(options: Mapping[str, Any]) -> dict[str, Any]:
+    """The GFS options with their numeric values type-checked (one-line errors naming the option); the solver
+    checks names and ranges (``rodflow.gfs.gfs_options``)."""
+    out = dict(options)
+    for key, value in options.items():
+        what = f"GFS option {key}"
+        if key in GFS_INTEGERS:
+            out[key] = count(what, value, minimum=GFS_INTEGERS[key])
+        elif key == "seed":
+            out[key] = seed_value(what, value)
+        elif key in GFS_POSITIVE:
+            out[key] = positive_float(what, value)
+        elif key in GFS_NONNEGATIVE:
+            out[key] = nonnegative_float(what, value)
+    return out

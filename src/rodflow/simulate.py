@@ -98,6 +98,8 @@ def simulate(
         raise RodflowError(f"config must be a rodflow.RunConfig, got {type(config).__name__}")
     else:
         config = config.replace(**given)
+    if out is not None and not isinstance(out, (str, os.PathLike)):
+        raise RodflowError(f"out must be a directory path, got {type(out).__name__} {out!r}")
     config = config.checked(problem)
     if "central_flow" in config.methods:
         problem.check_third_derivative()  # user problems: central flow needs correct third derivatives

@@ -114,6 +114,9 @@ def expand(config: dict[str, Any]) -> Sweep:
     """Expand a parsed sweep config (the TOML as a dict) into its runs."""
     config = dict(config)
     name = str(config.pop("name", "sweep"))
+    if not name or name in (".", "..") or "/" in name or "\\" in name or ".." in name or name != name.strip():
+        raise RodflowError(f"sweep name {name!r} must be a plain directory name (no path separators or '..'); "
+                           "choose another name, or give the directory with --out")
     grid = config.pop("grid", {}) or {}
     explicit = config.pop("runs", []) or []
     config.pop("engine", None)  # engine settings: read by run_sweep's caller, not part of a run
@@ -164,6 +167,10 @@ def _flatten(table: dict[str, Any], where: str) -> dict[str, Any]:
     ``options.method.k`` / ``gfs_options.k`` / ``optimizer_options.k``."""
     out: dict[str, Any] = {}
     for key, value in table.items():
+        if key in ("params", "options", "gfs_options", "optimizer_options", "measurements") \
+                and not isinstance(value, dict):
+            raise RodflowError(f"{where}: {key} must be a table ([{key}] ... or {key}.KEY = ...), got "
+                               f"{type(value).__name__} {value!r}")
         if key in ("gfs_options", "optimizer_options") and isinstance(value, dict):
             out.update({f"{key}.{k2}": v2 for k2, v2 in value.items()})
         elif key == "measurements" and isinstance(value, dict):
@@ -556,12 +563,27 @@ def _check_runs(sweep: Sweep) -> None:
     from . import optimizers, problems
     from .registry import check_params
 
+    from . import processes
+
     for run in sweep.runs:
         name = run.spec["problem"]
         check_params("problem", name, problems.REGISTRY.get(name), run.problem_params(), skip=("dtype",))
         rule = run.spec.get("optimizer", "gd")
         if isinstance(rule, str):
             check_params("optimizer", rule, optimizers.REGISTRY.get(rule), run._under("optimizer_options"))
+        for key in ("lr", "steps"):  # simulate has no default for them
+            if key not in run.spec:
+                raise RodflowError(f"run {run.id} has no {key}: set {key} = ... at the top of the sweep config, in "
+                                   "[grid] or in every [[runs]]")
+        methods = run.spec.get("methods", list(RunConfig.__dataclass_fields__["methods"].default))
+        if not isinstance(methods, list) or not all(isinstance(m, str) for m in methods):
+            raise RodflowError(f"methods must be a list of method names or a comma-separated string (e.g. "
+                               f"\"gd,gradient_flow\"), got {methods!r}")
+        for m in methods:
+            processes.REGISTRY.get(m)
+        for m, opts in run.options().items():
+            processes.REGISTRY.get(m)
+            check_params("method", m, processes.REGISTRY.get(m).__init__, opts, skip=processes.SKIP)
 
 
 def _kind(status: str) -> str:
@@ -614,7 +636,7 @@ def sweep_info(path: str | os.PathLike) -> dict[str, Any]:
     path = Path(path)
     if not (path / "sweep.json").is_file():
         raise RodflowError(f"{path} is not a sweep directory (no sweep.json)")
-    info = read_json(path / "sweep.json", "sweep.json")
+    info = read_json(path / "sweep.json", "sweep.json", hint="restore it, or start the sweep again in another --out")
     if not isinstance(info.get("config"), dict):
         raise RodflowError(f"sweep.json in {path} is corrupt (no config table); restore it or start the sweep again")
     return info

@@ -48,6 +48,8 @@ def parse_value(text: str) -> Any:
     lowered = text.strip().lower()
     if lowered in ("true", "false"):
         return lowered == "true"
+    if lowered in ("nan", "inf", "+inf", "-inf"):  # not Python literals, but numbers a user means
+        return float(lowered)
     try:
         return ast.literal_eval(text)
     except (ValueError, SyntaxError):
@@ -60,6 +62,9 @@ def parse_pairs(items: List[str] | None, what: str) -> dict[str, Any]:
         if "=" not in item:
             raise RodflowError(f"{what} {item!r} must look like key=value")
         key, value = item.split("=", 1)
+        if key.strip() in out:
+            raise RodflowError(f"{what} {key.strip()} is given twice ({out[key.strip()]!r} and {parse_value(value)!r}); "
+                               "give it once")
         out[key.strip()] = parse_value(value)
     return out
 

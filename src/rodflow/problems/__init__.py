@@ -13,7 +13,7 @@ from ..errors import RodflowError
 from ..checks import trusted
 from ..devices import resolve_device
 from ..problem import Problem, resolve_dtype
-from ..registry import Registry, check_params, parameters
+from ..registry import Registry, check_params, check_values, parameters
 
 REGISTRY: Registry = Registry("problem")
 register = REGISTRY.register
@@ -38,12 +38,12 @@ def describe(name: str) -> str:
 def make(name: str, dtype: str = "float64", device: str | None = None, **kwargs: Any) -> Problem:
     """Build the registered problem ``name`` with parameter overrides ``kwargs``, in ``dtype`` on ``device``
     ("cpu" by default; "cuda", "cuda:1", "mps", "auto")."""
+    if not isinstance(name, str):
+        raise RodflowError(f"problems.make needs a problem name (a string; see rodflow.problems.names()), got {name!r}")
     factory = REGISTRY.get(name)
     check_params("problem", name, factory, kwargs, skip=("dtype", "device"))
-    for key, value in kwargs.items():  # a number parameter given True/False (e.g. --param eps=True) is a slip
-        default = params(name).get(key)
-        if isinstance(value, bool) and isinstance(default, (int, float)) and not isinstance(default, bool):
-            raise RodflowError(f"problem {name!r}: {key} must be a number, got {value!r}")
+    # each value of its parameter's type: integers integral (depth=2.5 or "3" is a slip), numbers finite
+    kwargs = check_values("problem", name, factory, kwargs, skip=("dtype", "device"), finite=True)
     torch_dtype = resolve_dtype(dtype)
     torch_device = resolve_device(device)
     try:

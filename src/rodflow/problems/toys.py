@@ -14,9 +14,18 @@ from . import register
 
 
 def _vector(values, dtype, what: str, length: int | None = None, device=None) -> torch.Tensor:
-    t = torch.as_tensor(np.atleast_1d(np.asarray(values, dtype=float)), dtype=dtype, device=device)
-    if t.dim() != 1:
-        raise RodflowError(f"{what} must be a flat list of numbers")
+    need = f"{what} must be a flat list of finite numbers, e.g. [1.0, 4.0]"
+    if isinstance(values, (str, bytes, bool)):
+        raise RodflowError(f"{need}, got {values!r}")
+    try:
+        array = np.atleast_1d(np.asarray(values, dtype=float))
+    except (TypeError, ValueError):
+        raise RodflowError(f"{need}, got {values!r}") from None
+    if array.ndim != 1:
+        raise RodflowError(f"{need}, got {values!r}")
+    if not np.isfinite(array).all():
+        raise RodflowError(f"{need}; got {values!r}")
+    t = torch.as_tensor(array, dtype=dtype, device=device)
     if length is not None and t.numel() != length:
         raise RodflowError(f"{what} must have {length} entries, got {t.numel()}")
     return t

@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import RodflowError
 from ..problem import Problem
-from ..registry import Registry, check_params, parameters
+from ..registry import Registry, check_params, check_values, parameters
 from .base import Observation, Process
 
 REGISTRY: Registry = Registry("method")
@@ -43,7 +43,17 @@ def make(name: str, problem: Problem, lr: float, optimizer: Any = None, **opts: 
     ``rodflow.optimizers`` rule or name; default plain GD), with its own options."""
     cls = REGISTRY.get(name)
     check_params("method", name, cls.__init__, opts, skip=SKIP)
-    return cls(problem, lr, optimizer=optimizer, **opts)
+    try:  # the process's own checks and messages first
+        proc = cls(problem, lr, optimizer=optimizer, **opts)
+    except RodflowError:
+        raise
+    except (TypeError, ValueError, OverflowError, RuntimeError) as exc:  # a value of the wrong type: say which
+        check_values("method", name, cls.__init__, opts, skip=SKIP)
+        raise RodflowError(f"method {name!r}: bad option value ({type(exc).__name__}: {exc}); see "
+                           f"rodflow.processes.options({name!r})") from None
+    # what a process may take silently but should not: a seed of 1.5, True or -1, an integer option of 2.5
+    check_values("method", name, cls.__init__, opts, skip=SKIP)
+    return proc
 
 
 # Built-in processes: one import line per module.
