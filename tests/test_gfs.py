@@ -542,6 +542,10 @@ def test_cli_gfs_on_several_networks(tmp_path, capsys):
     assert "unknown --gfs-opt 'tolerance'" in capsys.readouterr().err
     assert run("--network", "") == 2
     assert "--only-network needs --network" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as info:  # refused before the scalar experiment runs, not after it
+        main(["gfs", "--out", str(tmp_path / "h"), "--regression-steps", "-1", "--network", ""])
+    assert info.value.code == 2 and "--regression-steps must be >= 0" in capsys.readouterr().err
+    assert not (tmp_path / "h").exists()
 
 
 def test_cli_gfs_network_runs_are_read_back_or_refused(tmp_path, capsys):

@@ -243,6 +243,8 @@ def gfs(
         raise RodflowError(f"--depths must be comma-separated integers, got {depths!r}") from None
     if not only_network and (not ds or min(ds) < 1 or steps < 2):
         raise RodflowError("--depths needs integers >= 1 and --steps >= 2")
+    if regression_steps < 0:
+        raise RodflowError(f"--regression-steps must be >= 0 (0 skips the squared regression), got {regression_steps}")
     names = [n.strip() for n in network.split(",") if n.strip()]
     if only_network and not names:
         raise RodflowError("--only-network needs --network NAME")
