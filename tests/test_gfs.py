@@ -302,13 +302,18 @@ def test_projection_acceptance_needs_a_contracting_sequence():
     assert _consecutive_error([c(1.0, 1.0), c(2.0, 0.9), c(2.5, 0.8)], eig) == math.inf  # δ barely shrinks
 
 
+def gd_with_phi(p, steps: int, sharpness_every: int):
+    """GD at η = 1.5·2/φ0 (so φ0 > 2/η) with φ every 10 steps: (result, η)."""
+    torch.set_num_threads(1)
+    lr = 1.5 * 2 / gfs_sharpness(p).sharpness
+    return simulate(p, lr=lr, steps=steps, methods=["gd"], gfs_every=10, sharpness_every=sharpness_every,
+                    progress=False), lr
+
+
 def test_gfs_tracking_along_gd_on_real_data_is_monotone():
     # GD at η = 1.5·2/φ0 (so φ0 > 2/η) on an MLP on digits: φ must not rise above its own error estimates
-    torch.set_num_threads(1)
     p = problems.make("mlp-digits", n=10, classes=5, width=16, depth=1)
-    phi0 = gfs_sharpness(p).sharpness
-    lr = 1.5 * 2 / phi0
-    res = simulate(p, lr=lr, steps=40, methods=["gd"], gfs_every=10, sharpness_every=10, progress=False)
+    res, lr = gd_with_phi(p, steps=40, sharpness_every=10)
     df = res.method("gd")
     evals = df["gfs_sharpness"].dropna()
     assert len(evals) == 5 and bool((df["gfs_converged"].dropna() == 1).all())
@@ -441,11 +446,8 @@ def test_gfs_on_a_tiny_cnn_against_a_tight_solve():
 def test_gfs_tracking_along_gd_on_a_cnn_is_monotone_and_costed():
     from rodflow.gfs import cost_ratios, gradient_equivalents
 
-    torch.set_num_threads(1)
     p = tiny_cnn()
-    phi0 = gfs_sharpness(p).sharpness
-    lr = 1.5 * 2 / phi0
-    res = simulate(p, lr=lr, steps=30, methods=["gd"], gfs_every=10, sharpness_every=1, progress=False)
+    res, lr = gd_with_phi(p, steps=30, sharpness_every=1)
     df = res.method("gd")
     evals = df["gfs_sharpness"].dropna()
     assert len(evals) == 4 and bool((df["gfs_converged"].dropna() == 1).all())
