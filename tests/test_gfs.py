@@ -575,3 +575,26 @@ def test_cli_gfs_network_runs_are_read_back_or_refused(tmp_path, capsys):
     assert "holds a different run" in capsys.readouterr().err
     assert run("--network-steps", "5", "--eta-factor", "1.2") == 2
     assert "not --eta-factor 1.2" in capsys.readouterr().err
+
+
+def test_cli_gfs_eta_rules(tmp_path, capsys):
+    import rodflow
+    from rodflow.cli import main
+
+    def run(out, *args):
+        with pytest.raises(SystemExit) as info:
+            main(["gfs", "--out", str(tmp_path / out), "--only-network", "--no-progress", "--network", "cnn-digits",
+                  "--network-param", "n=4", "--network-param", "classes=2", "--network-param", "width=4",
+                  "--network-steps", "3", "--network-gfs-every", "3", *args])
+        return info.value.code
+
+    assert run("s", "--eta-rule", "sharpness") == 0  # 2/η = S0/1.1: above the threshold from the first step
+    df = rodflow.load(tmp_path / "s" / "network").method("gd")
+    res = rodflow.load(tmp_path / "s" / "network")
+    assert res.lr * df["sharpness"].iloc[0] / 2 == pytest.approx(1.1, rel=1e-6)
+    assert run("g", "--eta-factor", "1.3") == 0  # default rule: 2/η = φ0/1.3
+    res = rodflow.load(tmp_path / "g" / "network")
+    assert res.lr * res.method("gd")["gfs_sharpness"].iloc[0] / 2 == pytest.approx(1.3, rel=1e-3)
+    capsys.readouterr()
+    assert run("x", "--eta-rule", "loss") == 2
+    assert "--eta-rule must be one of gfs, sharpness" in capsys.readouterr().err

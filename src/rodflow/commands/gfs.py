@@ -86,35 +86,51 @@ def phi_figure(path: Path, title: str, loss, sharpness, phi, lr: float, phi_erro
 NETWORK_DEFAULTS: dict[str, dict] = {
     "mlp-digits": {"n": 20, "classes": 10, "width": 32, "depth": 1},
     "cnn-digits": {"n": 10, "classes": 10, "width": 8, "depth": 1},
-    "resnet-digits": {"n": 10, "classes": 10, "width": 16, "depth": 1},
+    "resnet-digits": {"n": 4, "classes": 2, "width": 8, "depth": 1},
     "vit-digits": {"n": 10, "classes": 10, "width": 16, "depth": 1},
     "transformer-sorting": {"n": 2, "classes": 4, "width": 16, "depth": 1},
 }
 # GFS options per network: the ResNet's and ViT's gradient flows are long and stiff (RKC measured 2-3x cheaper)
 NETWORK_GFS: dict[str, dict] = {"resnet-digits": {"integrator": "rkc"}, "vit-digits": {"integrator": "rkc"}}
+# how η is chosen: "gfs": 2/η = φ0/factor (GD enters the edge of stability once its sharpness has risen to
+# 2/η < φ0); "sharpness": 2/η = S0/factor (above the threshold from the first step). Where gradient flow
+# sharpens far beyond S0 (φ0/S0 = 8.8 on the ViT) the first rule puts 2/η where GD's sharpness does not get
+# within hundreds of steps (ViT: S = 9.5 after 200 steps against 2/η = 59), so those networks use the second.
+ETA_RULES = ("gfs", "sharpness")
+NETWORK_ETA: dict[str, tuple[str, float]] = {"vit-digits": ("sharpness", 1.1), "resnet-digits": ("sharpness", 1.1)}
 
 
 def network_run(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, progress: bool,
-                gfs_options: dict | None = None):
-    """GD at η = eta_factor·2/φ0 (so φ0 > 2/η) on a registered problem, φ every ``every`` steps; a run directory.
-    Returns (result, φ0). A finished run of the same experiment in ``out`` is read back, a killed one resumed."""
+                gfs_options: dict | None = None, eta_rule: str = "gfs"):
+    """GD at η = eta_factor·2/φ0 (``eta_rule="gfs"``, so φ0 > 2/η) or η = eta_factor·2/S0 (``"sharpness"``) on a
+    registered problem, φ every ``every`` steps; a run directory. Returns (result, φ0). A finished run of the
+    same experiment in ``out`` is read back, a killed one resumed."""
     import rodflow
 
     from ..gfs import gfs_sharpness
 
     if (out / "config.json").is_file():
         res = _existing_run(out, name, params, steps, every, gfs_options, progress)
-        phi0 = float(res.method("gd")["gfs_sharpness"].iloc[0])
-        if not abs(res.lr * phi0 / 2.0 - eta_factor) <= 1e-3 * eta_factor:
-            raise RodflowError(f"{out} holds a run at η = {res.lr:.4g} = {res.lr * phi0 / 2:.3g}·2/φ0, not "
-                               f"--eta-factor {eta_factor:g}; choose another --out or delete it")
+        df = res.method("gd")
+        phi0 = float(df["gfs_sharpness"].iloc[0])
+        ref = phi0 if eta_rule == "gfs" else float(df["sharpness"].iloc[0])
+        if not abs(res.lr * ref / 2.0 - eta_factor) <= 1e-3 * eta_factor:
+            raise RodflowError(f"{out} holds a run at η = {res.lr:.4g} = {res.lr * ref / 2:.3g}·2/"
+                               f"{'φ0' if eta_rule == 'gfs' else 'S0'}, not --eta-factor {eta_factor:g}; choose "
+                               "another --out or delete it")
         return res, phi0
     p = rodflow.problems.make(name, **params)
     start = gfs_sharpness(p, **(gfs_options or {}))
     if not start.converged:
         raise RodflowError(f"φ at the initial point of {name} is undefined ({start.reason}); pick another problem "
                            "or parameters (gradient flow must reach a minimiser)")
-    lr = eta_factor * 2.0 / start.sharpness
+    if eta_rule == "gfs":
+        lr = eta_factor * 2.0 / start.sharpness
+    else:
+        from ..linalg.eigs import top_eigs
+
+        s0 = top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9, dtype=p.w0.dtype, device=p.w0.device)
+        lr = eta_factor * 2.0 / float(s0.values[0])
     res = rodflow.simulate(p, lr=lr, steps=steps, methods=["gd"], gfs_every=every, sharpness_every=1,
                            gfs_options=gfs_options or None, out=out, progress=progress)
     return res, start.sharpness
@@ -144,14 +160,14 @@ PHI_COLUMNS = ["gfs_sharpness", "gfs_error", "gfs_converged", "gfs_grad_evals", 
 
 
 def network_experiment(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, stem: str,
-                       progress: bool, gfs_options: dict | None = None) -> tuple[dict, dict]:
+                       progress: bool, gfs_options: dict | None = None, eta_rule: str = "gfs") -> tuple[dict, dict]:
     """One network: the GD run with φ (``out/stem``), its table (``stem_gfs.csv``) and figure (``stem.png``).
     Returns (the summary row, the traces for a combined figure)."""
     import rodflow
 
     from ..gfs import cost_ratios, gradient_equivalents
 
-    res, phi0 = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options)
+    res, phi0 = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options, eta_rule)
     df = res.method("gd")
     summ = res.summary().iloc[0]
     phi = df[PHI_COLUMNS].dropna(subset=["gfs_sharpness", "gfs_converged"], how="all")
@@ -222,7 +238,12 @@ def gfs(
         None, "--network-param", help="their parameters key=value, over each network's defaults (docs/gfs.md)"),
     network_steps: int = typer.Option(300, help="GD steps on the network"),
     network_gfs_every: int = typer.Option(10, help="φ every N GD steps on the network"),
-    eta_factor: float = typer.Option(1.5, help="network: η = eta_factor · 2/φ0, i.e. 2/η = φ0/eta_factor"),
+    eta_factor: Optional[float] = typer.Option(
+        None, help="network: η = eta_factor · 2/φ0 (--eta-rule gfs; default 1.5) or eta_factor · 2/S0 (sharpness; "
+        "default 1.1)"),
+    eta_rule: Optional[str] = typer.Option(
+        None, help="network: 'gfs' (2/η below φ0: GD reaches the edge as it sharpens) or 'sharpness' (2/η below "
+        "the initial sharpness S0: at the edge from the start); default per network (docs/gfs.md)"),
     only_network: bool = typer.Option(False, "--only-network", help="skip the scalar networks and squared regression"),
     gfs_opt: Optional[List[str]] = typer.Option(None, "--gfs-opt", help="GFS solver option key=value (networks)"),
     threads: int = typer.Option(1, help="intra-op threads"),
@@ -248,9 +269,11 @@ def gfs(
     names = [n.strip() for n in network.split(",") if n.strip()]
     if only_network and not names:
         raise RodflowError("--only-network needs --network NAME")
-    if names and not (eta_factor > 0 and network_steps >= 1 and network_gfs_every >= 1):
+    if names and not ((eta_factor is None or eta_factor > 0) and network_steps >= 1 and network_gfs_every >= 1):
         raise RodflowError("the network experiment needs --eta-factor > 0, --network-steps >= 1 and "
                            "--network-gfs-every >= 1")
+    if eta_rule is not None and eta_rule not in ETA_RULES:
+        raise RodflowError(f"--eta-rule must be one of {', '.join(ETA_RULES)}, got {eta_rule!r}")
     net_params: dict[str, dict] = {}
     gfs_options = parse_pairs(gfs_opt, "--gfs-opt")
     if names:
@@ -277,8 +300,11 @@ def gfs(
         rows, traces = [], {}
         for name in names:
             stem = "network" if len(names) == 1 else f"network-{name}"
-            row, trace = network_experiment(name, net_params[name], eta_factor, network_steps, network_gfs_every, out,
-                                            stem, progress, {**NETWORK_GFS.get(name, {}), **gfs_options})
+            rule = eta_rule or NETWORK_ETA.get(name, ("gfs", 1.5))[0]
+            factor = eta_factor or (NETWORK_ETA[name][1] if eta_rule is None and name in NETWORK_ETA else
+                                    1.5 if rule == "gfs" else 1.1)
+            row, trace = network_experiment(name, net_params[name], factor, network_steps, network_gfs_every, out,
+                                            stem, progress, {**NETWORK_GFS.get(name, {}), **gfs_options}, rule)
             rows.append(row)
             traces[name] = trace
         pd.DataFrame(rows).to_csv(out / "networks.csv", index=False)
