@@ -703,7 +703,7 @@ def _gauss_newton(problem: Problem, x: Tensor, solver: GFSSolver, r_floor: float
     linearisation ends at. The first steps may be far from quadratic (the minimum-norm step moves far along
     directions of small singular value, where the flow is slow); how close the result is to the flow's limit is
     judged by the caller from the step length. None unless ‖r‖ decreases at every step (at least twofold from
-    the third step on) and reaches ``r_floor`` (a zero residual) within 12 steps.
+    the third step on, fourfold from the fifth) and reaches ``r_floor`` (a zero residual) within 12 steps.
 
     Wasted work is capped: LSQR stops after ``min(lsqr_maxiter, 2m + 50)`` iterations for m residuals (in exact
     arithmetic it ends within rank(J) ≤ m), and after a failure the projection is not tried again until the

@@ -130,6 +130,9 @@ def network_run(name: str, params: dict, eta_factor: float, steps: int, every: i
         from ..linalg.eigs import top_eigs
 
         s0 = top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9, dtype=p.w0.dtype, device=p.w0.device)
+        if not (s0.converged and float(s0.values[0]) > 0):
+            raise RodflowError(f"the initial sharpness of {name} could not be measured (eigensolver not converged or "
+                               "not positive); use --eta-rule gfs")
         lr = eta_factor * 2.0 / float(s0.values[0])
     res = rodflow.simulate(p, lr=lr, steps=steps, methods=["gd"], gfs_every=every, sharpness_every=1,
                            gfs_options=gfs_options or None, out=out, progress=progress)
