@@ -14,7 +14,6 @@ from .errors import RodflowError
 
 # what `run --resume DIR` may still be told: where and how to run, not what to run
 RESUME_FLAGS = ("resume", "device", "threads", "progress", "plots")
-_check_out = check_out  # (name kept)
 
 
 def _given(ctx, name: str) -> bool:

@@ -50,6 +50,7 @@ from .errors import RodflowError
 from .integrators import ChebyshevRK, DormandPrince, IntegrationError
 from .linalg.eigs import top_eigs
 from .problem import Problem
+from .runconfig import count, nonnegative_float, positive_float, seed_value
 
 Tensor = torch.Tensor
 EPS = float(np.finfo(np.float64).eps)
@@ -110,18 +111,22 @@ class GFSOptions:
     seed: int = 0
 
     def __post_init__(self):
+        """Every option checked and normalised (one-line errors naming it): the API, ``RunConfig`` and the CLI all
+        build their GFS options through here."""
         if self.method not in METHODS:
             raise RodflowError(f"unknown GFS method {self.method!r}; choose one of {', '.join(METHODS)}")
         if self.integrator not in INTEGRATORS:
             raise RodflowError(f"unknown GFS integrator {self.integrator!r}; choose one of {', '.join(INTEGRATORS)}")
+        for name, minimum in (("max_grad_evals", 10), ("cg_maxiter", 1), ("lsqr_maxiter", 1)):
+            setattr(self, name, count(f"GFS option {name}", getattr(self, name), minimum))
+        self.seed = seed_value("GFS option seed", self.seed)
+        for name in ("tol", "rtol", "eig_tol"):
+            setattr(self, name, positive_float(f"GFS option {name}", getattr(self, name)))
+        self.atol = nonnegative_float("GFS option atol", self.atol)
         for name in ("tol", "rtol"):
             value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and 0 < value < 1):
+            if not value < 1:
                 raise RodflowError(f"GFS option {name} must be in (0, 1), got {value!r}")
-        if not self.atol >= 0:
-            raise RodflowError(f"GFS option atol must be >= 0, got {self.atol!r}")
-        if int(self.max_grad_evals) < 10 or int(self.cg_maxiter) < 1 or int(self.lsqr_maxiter) < 1:
-            raise RodflowError("GFS options need max_grad_evals >= 10, cg_maxiter >= 1 and lsqr_maxiter >= 1")
 
 
 def gfs_options(problem: Problem, **options: Any) -> GFSOptions:

@@ -148,11 +148,13 @@ class RunConfig:
             processes.make(m, problem, lr, optimizer=rule, **options.get(m, {}))
         if not isinstance(self.gfs_options or {}, Mapping):
             raise RodflowError("gfs_options must map a GFS option to its value, e.g. {'tol': 1e-3}")
-        gfs_options = check_gfs_types(dict(self.gfs_options or {}))
+        gfs_options = dict(self.gfs_options or {})
         if gfs_options:
             from .gfs import gfs_options as check_gfs_options
 
-            check_gfs_options(problem, **gfs_options)  # unknown or invalid options fail before the run
+            # unknown or invalid options fail before the run; config.json keeps the normalised values
+            checked = check_gfs_options(problem, **gfs_options)
+            gfs_options = {k: getattr(checked, k) for k in gfs_options}
         neigs = count("neigs", self.neigs, minimum=1)
         if neigs > problem.d:
             raise RodflowError(f"neigs {neigs} exceeds the problem's {problem.d} parameters; use neigs <= {problem.d}")
@@ -249,27 +251,3 @@ def seed_value(name: str, value) -> int:
     if not ok or not 0 <= int(value) <= MAX_SEED:
         raise RodflowError(f"{name} must be an integer in 0..{MAX_SEED}, got {value!r}")
     return int(value)
-
-
-#: the GFS solver's (``rodflow.gfs.GFSOptions``) numeric options: integers with their minimum, positive finite
-#: floats, non-negative finite floats
-GFS_INTEGERS = {"max_grad_evals": 10, "cg_maxiter": 1, "lsqr_maxiter": 1}
-GFS_POSITIVE = ("tol", "rtol", "eig_tol")
-GFS_NONNEGATIVE = ("atol",)
-
-
-def check_gfs_types(options: Mapping[str, Any]) -> dict[str, Any]:
-    """The GFS options with their numeric values type-checked (one-line errors naming the option); the solver
-    checks names and ranges (``rodflow.gfs.gfs_options``)."""
-    out = dict(options)
-    for key, value in options.items():
-        what = f"GFS option {key}"
-        if key in GFS_INTEGERS:
-            out[key] = count(what, value, minimum=GFS_INTEGERS[key])
-        elif key == "seed":
-            out[key] = seed_value(what, value)
-        elif key in GFS_POSITIVE:
-            out[key] = positive_float(what, value)
-        elif key in GFS_NONNEGATIVE:
-            out[key] = nonnegative_float(what, value)
-    return out

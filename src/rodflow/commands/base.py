@@ -30,6 +30,7 @@ def command(fn):
 
     return app.command()(wrapper)
 
+
 def check_out(out, overwrite: bool, resumable: bool = False) -> None:
     """An existing run directory is replaced only with --overwrite (a killed run there could be resumed)."""
     from pathlib import Path
