@@ -129,16 +129,22 @@ class GFSOptions:
                 raise RodflowError(f"GFS option {name} must be in (0, 1), got {value!r}")
 
 
+def checked_options(options: dict[str, Any], what: str = "GFS option") -> GFSOptions:
+    """:class:`GFSOptions` from a mapping: a one-line error for an unknown name (``what`` names the option in it,
+    e.g. the CLI flag) or a bad value."""
+    known = {f.name for f in dataclasses.fields(GFSOptions)}
+    for key in options:
+        if key not in known:
+            raise RodflowError(f"unknown {what} {key!r}; options: {', '.join(sorted(known))}")
+    return GFSOptions(**options)
+
+
 def gfs_options(problem: Problem, **options: Any) -> GFSOptions:
     """Validated :class:`GFSOptions` for ``problem`` (one-line error for an unknown name, a bad value, or
     method="exact" on a problem without an exact solver)."""
     if not isinstance(problem, Problem):
         raise RodflowError(f"gfs needs a rodflow.Problem, got {type(problem).__name__}")
-    known = {f.name for f in dataclasses.fields(GFSOptions)}
-    for key in options:
-        if key not in known:
-            raise RodflowError(f"unknown GFS option {key!r}; options: {', '.join(sorted(known))}")
-    opts = GFSOptions(**options)
+    opts = checked_options(options)
     if opts.method == "exact" and _exact_kind(problem) is None:
         raise RodflowError(
             f"problem {problem.name!r} has no exact GFS solver (scalar network, squared regression or diagonal "

@@ -147,6 +147,9 @@ def from_module(module: nn.Module, data, loss: str | Callable = "mse", chunk_siz
     classes = _classes(source, inputs, targets, loss)
     example_loss, example_residual = per_example_loss(loss, classes)
     loss_name = loss if isinstance(loss, str) else getattr(loss, "__name__", "custom")
+    if loss == "ce" and _affine_output(source, inputs):
+        # the GFS solver's certificate that gradient flow has no finite limit (gfs.py, _no_finite_limit)
+        kwargs["extras"] = {**kwargs.get("extras", {}), "cross_entropy_terms": int(targets.numel())}
 
     def build(dtype: torch.dtype, device, check: bool) -> "Problem":
         from .devices import resolve_device
@@ -164,9 +167,6 @@ def from_module(module: nn.Module, data, loss: str | Callable = "mse", chunk_siz
             return build(dtype, device, check=False)
 
         params = {"module": type(module).__name__, "loss": loss_name, "n": int(targets.shape[0]), "d": f.d}
-        if loss == "ce" and _affine_output(source, inputs):
-            # the GFS solver's certificate that gradient flow has no finite limit (gfs.py, _no_finite_limit)
-            kwargs["extras"] = {**kwargs.get("extras", {}), "cross_entropy_terms": int(targets.numel())}
         return Problem.from_data(
             loss_fn, [*inputs, targets], f.initial().to(dtype), chunk_size=chunk_size, name=name,
             example_residual=residual_fn if example_residual is not None else None, dtype=dtype, device=where,
@@ -199,8 +199,7 @@ def _classes(module: nn.Module, inputs: list[Tensor], targets: Tensor, loss) -> 
             raise RodflowError("loss='ce' needs integer class labels as targets; for soft labels pass a callable loss")
         return None
     f = ModuleFunction(module)
-    dtype = f.initial().dtype
-    batch = [a[:2].to(dtype) if a.is_floating_point() else a[:2] for a in inputs]
+    batch = _two_examples(inputs, f.initial().dtype)
     try:
         with torch.no_grad():
             out = f(f.initial(), *batch)
@@ -216,17 +215,21 @@ def _classes(module: nn.Module, inputs: list[Tensor], targets: Tensor, loss) -> 
     return int(out.shape[-1])
 
 
+def _two_examples(inputs: list[Tensor], dtype: torch.dtype) -> list[Tensor]:
+    """The first two examples of each input, floating ones in ``dtype``: a cheap probe forward pass."""
+    return [a[:2].to(dtype) if a.is_floating_point() else a[:2] for a in inputs]
+
+
 def _affine_output(module: nn.Module, inputs: list[Tensor]) -> bool:
     """Whether the logits scale with a layer's parameters: the last ``nn.Linear`` (with a trainable weight), its
     weight and bias doubled, must double the output on two examples. Cross-entropy then has no critical point
     where every label is predicted (the GFS solver's certificate of no finite limit)."""
-    linears = [m for m in module.modules() if type(m) is nn.Linear and m.weight.requires_grad]
+    probe = copy.deepcopy(module)
+    linears = [m for m in probe.modules() if type(m) is nn.Linear and m.weight.requires_grad]
     if not linears:
         return False
-    probe = copy.deepcopy(module)
-    layer = [m for m in probe.modules() if type(m) is nn.Linear and m.weight.requires_grad][-1]
-    dtype = next(p.dtype for p in probe.parameters() if p.is_floating_point())
-    batch = [a[:2].to(dtype) if a.is_floating_point() else a[:2] for a in inputs]
+    layer = linears[-1]
+    batch = _two_examples(inputs, next(p.dtype for p in probe.parameters() if p.is_floating_point()))
     try:
         with torch.no_grad():
             out = probe(*batch)

@@ -152,17 +152,26 @@ def oscillation(result, ax) -> bool:
     return True
 
 
-def gfs(result, ax) -> bool:
-    """The GFS sharpness φ of each method's point (runs with gfs_every) against 2/η."""
+def _per_method(result, ax, column: str, label, **kw) -> bool:
+    """Each method's recorded ``column`` (its measured steps) as a curve labelled ``label(method)``; False when no
+    method has a value (``ax`` None: only that answer)."""
     m = result.metrics
-    if "gfs_sharpness" not in m or m["gfs_sharpness"].notna().sum() == 0:
+    if column not in m or m[column].notna().sum() == 0:
         return False
     if ax is None:
         return True
     for meth in result.methods:
-        s = result.method(meth)["gfs_sharpness"].dropna()
+        s = result.method(meth)[column].dropna()
         if len(s):
-            ax.plot(s.index, s.values, marker="o", ms=3, label=meth, **style(meth))
+            ax.plot(s.index, s.values, label=label(meth), **kw, **style(meth))
+    return True
+
+
+def gfs(result, ax) -> bool:
+    """The GFS sharpness φ of each method's point (runs with gfs_every) against 2/η."""
+    drawn = _per_method(result, ax, "gfs_sharpness", lambda meth: meth, marker="o", ms=3)
+    if not drawn or ax is None:
+        return drawn
     ax.axhline(2 / result.lr, label="2/η", **THRESHOLD)
     ax.set_xlabel("step")
     ax.set_ylabel("GFS sharpness")
@@ -172,15 +181,9 @@ def gfs(result, ax) -> bool:
 
 def preconditioned(result, ax) -> bool:
     """Each method's preconditioned sharpness λ_max(P⁻¹H) against the optimizer's threshold (RMSProp, Adam, ...)."""
-    m = result.metrics
-    if "preconditioned_sharpness" not in m or m["preconditioned_sharpness"].notna().sum() == 0:
-        return False
-    if ax is None:
-        return True
-    for meth in result.methods:
-        s = result.method(meth)["preconditioned_sharpness"].dropna()
-        if len(s):
-            ax.plot(s.index, s.values, label=f"{meth} λ_max(P⁻¹H)", **style(meth))
+    drawn = _per_method(result, ax, "preconditioned_sharpness", lambda meth: f"{meth} λ_max(P⁻¹H)")
+    if not drawn or ax is None:
+        return drawn
     threshold_line(result, ax)
     ax.set_yscale("log")
     ax.set_xlabel("step")

@@ -149,7 +149,7 @@ def load(path: str | os.PathLike) -> Result:
     rows = int(config["steps"]) + 1
     for method in config["methods"]:
         folder = path / "arrays" / method
-        arrays = {p.stem: _load_array(p, rows) for p in sorted(folder.glob("*.npy"))
+        arrays = {p.stem: load_array(p, rows) for p in sorted(folder.glob("*.npy"))
                   if not p.name.endswith(".tmp.npy")}
         if ITERATE in arrays:
             iterates[method] = arrays.pop(ITERATE)
@@ -224,7 +224,14 @@ def read_json(path: Path, what: str, hint: str = "restore it or start the run ag
     return data
 
 
-def _load_array(path: Path, rows: int | None = None, mmap_mode: str | None = None) -> np.ndarray:
+def is_complete(run_dir: str | os.PathLike) -> bool:
+    """Whether a run directory's status.json says the run finished (a missing one: no; a damaged one is a
+    one-line error naming it)."""
+    status = Path(run_dir) / "status.json"
+    return status.is_file() and bool(read_json(status, "status.json").get("complete"))
+
+
+def load_array(path: Path, rows: int | None = None, mmap_mode: str | None = None) -> np.ndarray:
     """A per-step array file, checked whole (header, size, and ``rows`` rows when given) before it is read or
     memory-mapped (a memmap opened for writing would silently extend a truncated file with zeros)."""
     fix = "delete it (that array is then missing) or start the run again with --overwrite"

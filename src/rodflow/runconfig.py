@@ -198,9 +198,10 @@ class RunConfig:
         return jsonable(out)
 
     @classmethod
-    def from_json(cls, record: Mapping[str, Any]) -> "RunConfig":
-        """The config of a run directory's config.json (older runs: missing fields take their defaults)."""
-        return cls.from_dict(record, ignore=("problem", "environment"), what="config.json")
+    def from_json(cls, record: Mapping[str, Any], what: str = "config.json") -> "RunConfig":
+        """The config of a run directory's config.json (older runs: missing fields take their defaults);
+        ``what`` names the file in errors."""
+        return cls.from_dict(record, ignore=("problem", "environment"), what=what)
 
 
 def check_keys(data: Mapping[str, Any], valid, what: str) -> None:

@@ -123,7 +123,7 @@ def resume(path: str | os.PathLike, problem: Problem | None = None, progress: bo
         raise RodflowError(f"{path} is not a rodflow run directory (no config.json); check the path")
     config = read_json(path / "config.json", "config.json")
     check_config_record(config, path)
-    RunConfig.from_dict(config, ignore=("problem", "environment"), what=f"{path / 'config.json'}")  # an unknown or missing field is a one-line error, before anything runs
+    RunConfig.from_json(config, what=str(path / "config.json"))  # a bad field: a one-line error, before any work
     if problem is None:
         spec = config["problem"]
         if not spec.get("registered"):

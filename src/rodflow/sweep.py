@@ -27,7 +27,7 @@ import pandas as pd
 
 from .configfile import read_toml
 from .errors import RodflowError
-from .records import read_json, write_json, write_parquet
+from .records import is_complete, read_json, write_json, write_parquet
 from .runconfig import RunConfig
 from .status import Status
 
@@ -285,7 +285,7 @@ def execute(spec: dict[str, Any], run_dir: str) -> dict[str, Any]:
     run = Run(dict(spec), (), "")
     action = "ran"
     try:
-        if _complete(path):
+        if is_complete(path):
             result, action = rodflow.load(path), "skipped"
         elif (path / "config.json").is_file():
             result, action = rodflow.resume(path, progress=False), "resumed"
@@ -510,7 +510,7 @@ def run_sweep(
     for i, run in enumerate(sweep.runs):
         d = out / "runs" / run.id
         try:
-            done = resume and _complete(d)
+            done = resume and is_complete(d)
         except RodflowError:  # a damaged status: the run's own row will say so (execute reports it as failed)
             done = False
         if done:
@@ -560,10 +560,8 @@ def run_sweep(
 
 def _check_runs(sweep: Sweep) -> None:
     """Catch a typo in a sweep key before anything runs (problem, optimizer and their parameter names)."""
-    from . import optimizers, problems
+    from . import optimizers, problems, processes
     from .registry import check_params
-
-    from . import processes
 
     for run in sweep.runs:
         name = run.spec["problem"]
@@ -582,7 +580,6 @@ def _check_runs(sweep: Sweep) -> None:
         for m in methods:
             processes.REGISTRY.get(m)
         for m, opts in run.options().items():
-            processes.REGISTRY.get(m)
             check_params("method", m, processes.REGISTRY.get(m).__init__, opts, skip=processes.SKIP)
 
 
@@ -624,12 +621,6 @@ def read_index(path: str | os.PathLike) -> pd.DataFrame:
     except Exception as exc:  # noqa: BLE001 - pyarrow raises several kinds for a damaged file
         raise RodflowError(f"{path / INDEX} is damaged ({type(exc).__name__}); run `rodflow sweep {path} --resume` "
                            "to rebuild it from the run directories") from None
-
-
-def _complete(run_dir: Path) -> bool:
-    """Whether a run directory says it finished (a missing status is not; a damaged one is a one-line error)."""
-    status = run_dir / "status.json"
-    return status.is_file() and bool(read_json(status, "status.json").get("complete"))
 
 
 def sweep_info(path: str | os.PathLike) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from .errors import RodflowError
-from .records import (ITERATE, _load_array, lacking, metrics_frame, read_json, read_jsonl_rows, read_metrics,
+from .records import (ITERATE, lacking, load_array, metrics_frame, read_json, read_jsonl_rows, read_metrics,
                       write_json, write_parquet)
 from .status import statuses_record
 
@@ -114,7 +114,7 @@ class Writer:
             folder.mkdir(parents=True, exist_ok=True)
             target = folder / f"{key}.npy"
             if target.exists():
-                store = _load_array(target, self.steps + 1, mmap_mode="r+")
+                store = load_array(target, self.steps + 1, mmap_mode="r+")
             else:
                 need = float(np.prod(shape, dtype=float)) * np.dtype(dtype).itemsize
                 free = shutil.disk_usage(folder).free
@@ -229,7 +229,7 @@ class Writer:
         for m in self.methods:
             for p in (self.out / "arrays" / m).glob("*.npy"):
                 if not p.name.endswith(".tmp.npy"):
-                    self.arrays[m][p.stem] = _load_array(p, self.steps + 1, mmap_mode="r+")
+                    self.arrays[m][p.stem] = load_array(p, self.steps + 1, mmap_mode="r+")
 
     # ----------------------------------------------------------------------------------------- finish
     def finish(self, statuses) -> tuple[Any, dict[str, np.ndarray], dict[str, dict[str, np.ndarray]]]:

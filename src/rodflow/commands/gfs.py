@@ -3,7 +3,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from pathlib import Path
 from typing import List, Optional
@@ -101,10 +100,11 @@ NETWORK_ETA: dict[str, tuple[str, float]] = {"vit-digits": ("sharpness", 1.1), "
 
 
 def network_run(name: str, params: dict, eta_factor: float, steps: int, every: int, out: Path, progress: bool,
-                gfs_options: dict | None = None, eta_rule: str = "gfs"):
+                gfs_options: dict | None = None, eta_rule: str = "gfs", problem=None):
     """GD at η = eta_factor·2/φ0 (``eta_rule="gfs"``, so φ0 > 2/η) or η = eta_factor·2/S0 (``"sharpness"``) on a
-    registered problem, φ every ``every`` steps; a run directory. Returns (result, φ0). A finished run of the
-    same experiment in ``out`` is read back, a killed one resumed."""
+    registered problem (``problem``: already built from ``name`` and ``params``), φ every ``every`` steps; a run
+    directory. Returns (result, φ0). A finished run of the same experiment in ``out`` is read back, a killed one
+    resumed."""
     import rodflow
 
     from ..gfs import gfs_sharpness
@@ -119,7 +119,7 @@ def network_run(name: str, params: dict, eta_factor: float, steps: int, every: i
                                f"{'φ0' if eta_rule == 'gfs' else 'S0'}, not --eta-factor {eta_factor:g}; choose "
                                "another --out or delete it")
         return res, phi0
-    p = rodflow.problems.make(name, **params)
+    p = rodflow.problems.make(name, **params) if problem is None else problem
     start = gfs_sharpness(p, **(gfs_options or {}))
     if not start.converged:
         raise RodflowError(f"φ at the initial point of {name} is undefined ({start.reason}); pick another problem "
@@ -143,7 +143,7 @@ def _existing_run(out: Path, name: str, params: dict, steps: int, every: int, gf
                   progress: bool):
     """The run already in ``out``: loaded when complete, resumed when killed; refused when it is another one."""
     import rodflow
-    from ..records import read_json
+    from ..records import is_complete, read_json
 
     config = read_json(out / "config.json", "config.json")
     problem = config.get("problem", {})
@@ -153,8 +153,7 @@ def _existing_run(out: Path, name: str, params: dict, steps: int, every: int, gf
     if not same:
         raise RodflowError(f"{out} holds a different run (not {name} {params}, {steps} steps, φ every {every}, "
                            f"GFS options {gfs_options or {}}); choose another --out or delete it")
-    status = out / "status.json"
-    if status.is_file() and read_json(status, "status.json").get("complete"):
+    if is_complete(out):
         return rodflow.load(out)
     return rodflow.resume(out, progress=progress)
 
@@ -170,11 +169,11 @@ def network_experiment(name: str, params: dict, eta_factor: float, steps: int, e
 
     from ..gfs import cost_ratios, gradient_equivalents
 
-    res, phi0 = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options, eta_rule)
+    p = rodflow.problems.make(name, **params)
+    res, phi0 = network_run(name, params, eta_factor, steps, every, out / stem, progress, gfs_options, eta_rule, p)
     df = res.method("gd")
     summ = res.summary().iloc[0]
     phi = df[PHI_COLUMNS].dropna(subset=["gfs_sharpness", "gfs_converged"], how="all")
-    p = rodflow.problems.make(name, **params)
     ratios = cost_ratios(p)
     phi = phi.assign(gfs_grad_equivalents=[gradient_equivalents(r, ratios) for r in phi.to_dict("records")])
     phi.to_csv(out / f"{stem}_gfs.csv")
@@ -281,7 +280,7 @@ def gfs(
     gfs_options = parse_pairs(gfs_opt, "--gfs-opt")
     if names:
         from .. import problems
-        from ..gfs import GFSOptions
+        from ..gfs import checked_options
 
         user = parse_pairs(network_param, "--network-param")
         for name in names:
@@ -291,11 +290,7 @@ def gfs(
                     raise RodflowError(f"--network-param {key}: {name} has no parameter {key!r}; its parameters: "
                                        f"{', '.join(sorted(known))}")
             net_params[name] = {**{k: v for k, v in NETWORK_DEFAULTS.get(name, {}).items() if k in known}, **user}
-        known_opts = {f.name for f in dataclasses.fields(GFSOptions)}
-        for key in gfs_options:
-            if key not in known_opts:
-                raise RodflowError(f"unknown --gfs-opt {key!r}; options: {', '.join(sorted(known_opts))}")
-        GFSOptions(**gfs_options)  # values checked before anything runs
+        checked_options(gfs_options, "--gfs-opt")  # names and values checked before anything runs
     out.mkdir(parents=True, exist_ok=True)
     if not only_network:
         scalar_and_regression(out, ds, steps, regression_steps)
