@@ -166,7 +166,7 @@ def ema_rule():
 
 def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
     p = _problem()
-    r = rodflow.simulate(p, lr=0.01, steps=50, methods=("gd", "gradient_flow", "rod_flow"),
+    r = rodflow.simulate(p, lr=0.01, steps=50, methods=("gd", "gradient_flow", "rod_flow", "central_flow"),
                          optimizer="ema-gradient", optimizer_options={"a": 0.3})
     assert (r.summary()["status"] == "ok").all()
     w, s = p.w0.clone(), torch.zeros(4, dtype=torch.float64)
@@ -179,6 +179,7 @@ def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
     path = float(np.linalg.norm(r.iterates["gd"][50] - p.w0.numpy()))
     assert m.loc[("gradient_flow", 50), "dist_gd"] < 0.05 * path
     assert m.loc[("rod_flow", 50), "dist_gd_mid"] < 0.05 * path
+    assert m.loc[("central_flow", 50), "dist_gd"] < 0.05 * path
 
 
 @pytest.mark.parametrize("kwargs,match", [
@@ -186,7 +187,6 @@ def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
     (dict(optimizer="adam", optimizer_options={"beta": 0.9}), "has no parameter 'beta'"),
     (dict(optimizer="momentum", optimizer_options={"beta": 1.0}), "beta must be a number in \\[0, 1\\)"),
     (dict(optimizer="adam", optimizer_options={"eps": 0}), "eps must be a finite number > 0"),
-    (dict(optimizer="adam", methods=("gd", "central_flow")), "central_flow models optimizer gd only"),
     (dict(optimizer="adam", optimizer_options={"beta1": 0.0},
           options={"gradient_flow": {"state_convention": "post-update", "fast_state": "ode"}}), None),
     (dict(optimizer="rmsprop", options={"gradient_flow": {"fast_state": "slaved"}}), "has none \\(drop the option\\)"),

@@ -81,6 +81,19 @@ def gram_operator(G: np.ndarray, scale: float = 1.0) -> np.ndarray:
     return scale * (flat @ flat.T).reshape(k, k, k, k)
 
 
+def psd_operator(B: np.ndarray) -> np.ndarray:
+    """The symmetric PSD operator nearest ``B`` (4-tensor): its svec matrix symmetrised, negative eigenvalues cut.
+    For an operator that is PSD up to small cross terms (the central flow of an optimizer with a state)."""
+    k = B.shape[0]
+    i, j, weight = _pairs(k)
+    M = psd_part(operator_matrix(B)) / (weight[:, None] * weight[None, :])
+    out = np.zeros_like(B)
+    for a, (p, q) in enumerate(zip(i, j)):
+        for b, (r, t) in enumerate(zip(i, j)):
+            out[p, q, r, t] = out[q, p, r, t] = out[p, q, t, r] = out[q, p, t, r] = M[a, b]
+    return out
+
+
 def apply_operator(B: np.ndarray, X: np.ndarray) -> np.ndarray:
     return np.einsum("ijkl,kl->ij", B, X)
 

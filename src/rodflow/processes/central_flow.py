@@ -41,8 +41,9 @@ import torch
 
 from ..errors import RodflowError
 from ..linalg.eigs import top_eigs
-from ..linalg.sdcp import gram_operator, solve_sdcp
+from ..linalg.sdcp import gram_operator, psd_operator, solve_sdcp
 from .base import Observation, Process, as_numpy, as_tensor
+from .central_state import RuleState, perturbation
 from . import register
 
 FAR_FRACTION = 0.9  # top effective eigenvalue below FAR_FRACTION·threshold·2: loose eigen-tolerance
@@ -55,8 +56,6 @@ class CentralFlow(Process):
     """Central flow by forward Euler with the reference's SDCP, linearised one substep ahead."""
 
     estimates = "iterate"
-    # the preconditioned and momentum central flows (science.md §6) are not implemented yet
-    optimizers = ("gd",)
     #: the column counting active constraints: central flow enters the edge of stability when it is >= 1
     edge_column = "n_critical"
 
@@ -72,6 +71,8 @@ class CentralFlow(Process):
         qp_tol: float = 1e-12,
         sdcp_over: str = "critical",
         seed: int = 0,
+        state_convention: str = "centred",
+        momentum: str = "ode",
         optimizer=None,
     ):
         super().__init__(problem, lr, optimizer)
@@ -89,6 +90,18 @@ class CentralFlow(Process):
         if sdcp_over not in ("critical", "tracked"):
             raise RodflowError(f"central_flow sdcp_over must be 'critical' or 'tracked', got {sdcp_over!r}")
         self.sdcp_over = sdcp_over
+        if state_convention not in ("centred", "post-update"):
+            raise RodflowError(f"central_flow state_convention must be 'centred' or 'post-update', "
+                               f"got {state_convention!r}")
+        # another rule than plain GD: its state, velocity and threshold (central_state.py)
+        self.dyn = None if self.rule.name == "gd" else RuleState(self.rule, lr, state_convention == "centred",
+                                                                   momentum, problem.dtype)
+        if state_convention != "centred" and not (self.dyn and self.dyn.keys):
+            raise RodflowError(f"central_flow state_convention applies to optimizers with an integrated state; "
+                               f"optimizer {self.rule.name!r} has none here (drop the option)")
+        if momentum != "ode" and not self.rule.fast:
+            raise RodflowError(f"central_flow momentum applies to optimizers with momentum; optimizer "
+                               f"{self.rule.name!r} has none (drop the option)")
         self.substeps = int(substeps)
         self.threshold = float(threshold)
         self.neigs = min(int(neigs), problem.d)
@@ -109,12 +122,18 @@ class CentralFlow(Process):
         self.X_prev: np.ndarray | None = None
         self.top_eff: float | None = None
         self.gen = torch.Generator().manual_seed(self.seed)
+        if self.dyn is not None:
+            _, g0 = self.problem.loss_grad(w0)
+            self.s, self.n = self.dyn.start(w0, g0)
+            self.dyn.check_linear(self.s, g0, self.n)
         self._prepare()
 
     def advance(self):
         if self._error is not None:
             raise RuntimeError(f"central flow step {self.t} -> {self.t + 1} failed: {self._error}")
         self.w = self._next
+        if self.dyn is not None:
+            self.s, self.n = self._next_state
         self.t += 1
         self._prepare()
 
@@ -126,11 +145,15 @@ class CentralFlow(Process):
         loss = r["loss"]
         tr = r.get("trace_sigma", math.nan)
         gsq = r["grad_sq"]
+        if self.dyn is None:  # on the edge ½⟨Σ, H⟩ = tr Σ/η and tr(HΣH) = 4 tr Σ/η²
+            half_sigma_h, h_sigma_h = tr / self.lr, 4.0 * tr / self.lr**2
+        else:
+            half_sigma_h, h_sigma_h = r.get("half_sigma_h", math.nan), r.get("h_sigma_h", math.nan)
         scalars = {
             "loss": loss,
-            "loss_pred": loss + tr / self.lr,
+            "loss_pred": loss + half_sigma_h,
             "grad_norm": math.sqrt(gsq) if math.isfinite(gsq) else math.nan,
-            "grad_sq_pred": gsq + 4.0 * tr / self.lr**2,
+            "grad_sq_pred": gsq + h_sigma_h,
             "trace_sigma": tr,
             "n_critical": r.get("n_critical", math.nan),
             "k_tracked": r.get("k_tracked", math.nan),
@@ -142,7 +165,11 @@ class CentralFlow(Process):
             "X_eigs": r.get("X_eigs", np.full(self.n_report, np.nan)),
             "tracked_eigs": r.get("tracked_eigs", np.full(self.n_report, np.nan)),
         }
-        return Observation(self.w, scalars, arrays, estimates=self.estimates)
+        obs = Observation(self.w, scalars, arrays, estimates=self.estimates)
+        if self.dyn is not None:
+            scalars.update(self.optimizer_scalars(self.dyn.full_state(self.s), self.n))
+            obs.preconditioner = self.dyn.preconditioner(self.s, self.n)
+        return obs
 
     def state_dict(self) -> dict[str, Any]:
         state: dict[str, Any] = {"t": self.t, "w": as_numpy(self.w), "k_track": self._in["k_track"],
@@ -154,6 +181,9 @@ class CentralFlow(Process):
             state["X_prev"] = self._in["X_prev"].copy()
         if self._in["top_eff"] is not None:
             state["top_eff"] = self._in["top_eff"]
+        if self.dyn is not None:
+            state["count"] = self.n
+            state.update({f"state.{k}": as_numpy(v) for k, v in self.s.items()})
         return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -167,6 +197,9 @@ class CentralFlow(Process):
         self.V_prev = as_tensor(state["V_prev"], dtype, self.problem.device) if "V_prev" in state else None
         self.X_prev = np.asarray(state["X_prev"], dtype=float) if "X_prev" in state else None
         self.top_eff = float(state["top_eff"]) if "top_eff" in state else None
+        if self.dyn is not None:
+            self.n = float(state["count"])
+            self.s = {k: as_tensor(state[f"state.{k}"], dtype, self.problem.device) for k in self.dyn.keys}
         self._prepare()
 
     # ------------------------------------------------------------------------------------------ a step
@@ -176,6 +209,8 @@ class CentralFlow(Process):
                     "V_prev": self.V_prev, "X_prev": self.X_prev, "top_eff": self.top_eff}
         self._error = None
         self._row: dict[str, Any] = {}
+        if self.dyn is not None:
+            return self._prepare_rule()
         w = self.w
         dt = 1.0 / self.substeps
         factors, traces, residual, unconverged = [], [], 0.0, 0
@@ -226,7 +261,12 @@ class CentralFlow(Process):
             self._row.setdefault("loss", math.nan)
             self._row.setdefault("grad_sq", math.nan)
             return
-        # Σ averaged over the substeps: (1/n) Σ_s F_s F_sᵀ, whose nonzero eigenvalues are those of FᵀF/n
+        self._row.update(trace_sigma=float(np.mean(traces)), X_eigs=self._sigma_eigs(factors), qp_residual=residual,
+                         eig_unconverged=unconverged)
+        self._next = w
+
+    def _sigma_eigs(self, factors) -> np.ndarray:
+        """Eigenvalues of Σ averaged over the substeps, (1/n) Σ_s F_s F_sᵀ: the nonzero ones of FᵀF/n."""
         x_eigs = np.full(self.n_report, np.nan)
         if factors:
             F = torch.cat(factors, dim=1)
@@ -234,22 +274,148 @@ class CentralFlow(Process):
             ev = ev[ev > 1e-10 * max(float(ev[0]), 0.0)]  # the numerical rank of the average
             n = min(ev.size, self.n_report)
             x_eigs[:n] = ev[:n]
-        self._row.update(trace_sigma=float(np.mean(traces)), X_eigs=x_eigs, qp_residual=residual,
-                         eig_unconverged=unconverged)
-        self._next = w
+        return x_eigs
 
-    def _eigs(self, w):
+    def _prepare_rule(self) -> None:
+        """The step [t, t+1) of the central flow of another rule than GD (central_state.py) from (w_t, s_t, n_t):
+        substeps of the rule's own ordering (state, then w), with the SDCP on the generalised eigenvalues of
+        (H, P) against the rule's threshold, linearised one substep ahead as for GD."""
+        dyn = self.dyn
+        dtype = self.problem.dtype
+        w, s, n = self.w, dict(self.s), self.n
+        dt = 1.0 / self.substeps
+        factors, traces, halves, hsh, residual, unconverged = [], [], [], [], 0.0, 0
+        try:
+            for sub in range(self.substeps):
+                loss, g = self.problem.loss_grad(w)
+                if sub == 0:
+                    self._row.update(loss=float(loss), grad_sq=float(g @ g))
+                if not (math.isfinite(float(loss)) and bool(torch.isfinite(g).all())):
+                    if sub == 0:
+                        raise ArithmeticError("non-finite loss or gradient")
+                    break  # diverged inside the step: commit the non-finite point (see _prepare)
+                s64 = {key: v.to(torch.float64) for key, v in s.items()}
+                g64 = g.to(torch.float64)
+                P = dyn.preconditioner(s64, n)
+                tau = dyn.threshold(s64, n)
+                if not (math.isfinite(tau) and tau > 0) or (P is not None and not bool((P > 0).all())):
+                    raise ArithmeticError("the optimizer's threshold or preconditioner is not positive")
+                factor = 2.0 / tau  # effective eigenvalue e = 2λ/τ: the threshold sits at 2, as for GD
+                scale = None if P is None else P.rsqrt().to(dtype)
+                eig = self._eigs(w, factor, scale)
+                unconverged += int(not eig.converged)
+                e = factor * eig.values
+                k = int((e > 2.0 * self.threshold).sum())
+                if sub == 0:
+                    tracked = np.full(self.n_report, np.nan)
+                    tracked[: eig.values.numel()] = eig.values.cpu().numpy()
+                    self._row.update(n_critical=k, k_tracked=eig.values.numel(),
+                                     tracked_sharpness=float(eig.values[0]), tracked_eigs=tracked)
+                if self.sdcp_over == "tracked":
+                    k = eig.values.numel()
+                dG, dS, X = None, None, None
+                if k > 0:
+                    V = eig.vectors[:, :k].to(torch.float64)
+                    U = math.sqrt(factor) * (V if P is None else P.rsqrt().reshape(-1, 1) * V)  # uᵀHu = e, uᵀQu = 2
+                    X, G, D, res = self._sdcp_rule(w, g64, s64, n, U, e[:k].to(torch.float64), tau, P, dt)
+                    residual = max(residual, res)
+                    if X is not None:
+                        Xt = torch.as_tensor(X, dtype=torch.float64, device=g64.device)
+                        dG = 0.5 * torch.einsum("kl,kld->d", Xt, G)
+                        dS = {key: sum(float(X[a, b]) * D[a][b][key] for a in range(k) for b in range(k))
+                              for key in dyn.keys}
+                self.X_prev = X
+                if X is not None:
+                    vals, Qx = np.linalg.eigh(X)
+                    F = torch.as_tensor(Qx * np.sqrt(np.maximum(vals, 0.0)), dtype=torch.float64, device=g64.device)
+                    factors.append((U @ F).to(dtype))
+                    traces.append(float((Xt * (U.T @ U)).sum()))
+                    halves.append(0.5 * float((torch.diagonal(Xt) * e[:k].to(torch.float64)).sum()))  # ½⟨Σ, H⟩
+                    PU = U if P is None else P.reshape(-1, 1) * U
+                    hsh.append(tau**2 * float((Xt * (PU.T @ PU)).sum()))  # tr(HΣH), H U = τ P U on the edge
+                else:
+                    traces.append(0.0)
+                    halves.append(0.0)
+                    hsh.append(0.0)
+                step, s64 = dyn.substep(s64, n, g64, dG, dS, dt)
+                w = w + step.to(dtype)
+                s = {key: v.to(dtype) for key, v in s64.items()}
+                n = n + dt
+        except _STEP_ERRORS as exc:
+            self._error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+            self._row.setdefault("loss", math.nan)
+            self._row.setdefault("grad_sq", math.nan)
+            return
+        mean = (lambda xs: float(np.mean(xs)) if xs else math.nan)
+        self._row.update(trace_sigma=mean(traces), half_sigma_h=mean(halves), h_sigma_h=mean(hsh),
+                         X_eigs=self._sigma_eigs(factors), qp_residual=residual, eig_unconverged=unconverged)
+        self._next = w
+        self._next_state = (s, n)
+
+    def _sdcp_rule(self, w, g, s, n, U, e, tau, P, dt):
+        """The SDCP of one substep for a rule (central_state.py): X (None if inactive), the third-derivative
+        vectors g_ij (k, k, d, float64), the covariance terms D[k][l] of ds/dt and the residual. The change of
+        uᵢᵀ(H − Q)uⱼ over the substep is linearised in X by central differences of the substep."""
+        dyn = self.dyn
+        k = U.shape[1]
+        Uw = U.to(w.dtype)
+        G = torch.empty((k, k, w.numel()), dtype=torch.float64, device=g.device)
+        for i in range(k):
+            for j in range(i, k):
+                G[i, j] = self.problem.third(w, Uw[:, i], Uw[:, j]).to(torch.float64)
+                G[j, i] = G[i, j]
+        UU = U.T[:, None, :] * U.T[None, :, :]  # u_i ⊙ u_j, (k, k, d)
+        Q = dyn.q(s, n)
+
+        def change(step, new):  # the change of uᵢᵀ(H − Q)uⱼ over a substep, to first order
+            return torch.einsum("ijd,d->ij", G, step) - (UU * (dyn.q(new, n + dt) - Q)).sum(-1)
+
+        step0, new0 = dyn.substep(s, n, g, None, None, dt)
+        A = -change(step0, new0).cpu().numpy()
+        Hu = tau * (U if P is None else P.reshape(-1, 1) * U)  # H u_k on the edge
+        D = [[None] * k for _ in range(k)]
+        B = np.zeros((k, k, k, k))
+        for a in range(k):
+            for b in range(a, k):
+                D[a][b] = D[b][a] = dyn.curvature(n, Hu[:, a], Hu[:, b], s) if dyn.keys else {}
+                # the direction X_ab = X_ba = 1 (X_aa = 1 on the diagonal)
+                mult = 1.0 if a == b else 2.0
+                dG = 0.5 * mult * G[a, b]
+                dS = {key: mult * v for key, v in D[a][b].items()}
+                h = perturbation(g, dG, s, dS)
+                up = change(*dyn.substep(s, n, g, h * dG, {key: h * v for key, v in dS.items()}, dt))
+                down = change(*dyn.substep(s, n, g, -h * dG, {key: -h * v for key, v in dS.items()}, dt))
+                col = (-(up - down) / (2.0 * h)).cpu().numpy()
+                B[:, :, a, b] = col / mult
+                B[:, :, b, a] = col / mult
+        B = 0.5 * (B + B.transpose(2, 3, 0, 1))  # symmetric up to the rule's cross terms and rounding
+        alpha = np.diag(2.0 - e.cpu().numpy()) + A
+        X0 = self.X_prev if self.X_prev is not None and self.X_prev.shape == (k, k) else None
+        sol = solve_sdcp(alpha, psd_operator(B), tol=self.qp_tol, X0=X0)
+        if sol.method == "inactive":
+            return None, G, D, 0.0
+        return sol.X, G, D, sol.residual
+
+    def _eigs(self, w, factor=None, scale=None):
+        """Tracked top eigenpairs of H (``scale``: of P^{-1/2} H P^{-1/2}, scale = P^{-1/2}); effective
+        eigenvalues are ``factor`` (default lr) times them."""
         d = self.problem.d
+        factor = self.lr if factor is None else factor
         # Far below the threshold the eigenpairs only have to certify that nothing is critical: a relative
         # residual of FAR_TOL bounds the eigenvalue error by FAR_TOL·λ₁, far inside the FAR_FRACTION margin.
         far = self.top_eff is not None and self.top_eff < FAR_FRACTION * 2.0 * self.threshold
         tol = max(self.eig_tol, FAR_TOL) if far else self.eig_tol
         matmat = self.problem.hvp_operator(w)  # one gradient graph for every HVP at w
+        if scale is not None:
+            plain, r = matmat, scale.reshape(-1, 1)
+
+            def matmat(Y):
+                return r * plain(r * Y)
         while True:
             eig = top_eigs(matmat, d, self.k_track, X0=self.basis,
                            tol=tol, dtype=w.dtype, generator=self.gen, device=w.device)
             self.basis = eig.basis
-            last_critical = self.lr * float(eig.values[-1]) > 2.0 * self.threshold
+            last_critical = factor * float(eig.values[-1]) > 2.0 * self.threshold
             if not last_critical or self.k_track >= d:
                 break
             if self.k_track >= self.max_k:
@@ -265,7 +431,7 @@ class CentralFlow(Process):
             V = V * signs
             eig.vectors = V
         self.V_prev = V
-        self.top_eff = self.lr * float(eig.values[0])
+        self.top_eff = factor * float(eig.values[0])
         return eig
 
     def _sdcp(self, w, g, V, e, dt):
