@@ -127,3 +127,19 @@ def test_psd_operator_keeps_a_gram_operator_and_cuts_a_negative_direction():
 def test_bad_central_flow_options_are_one_line_errors(kwargs, match):
     with pytest.raises(RodflowError, match=match):
         rodflow.simulate(_problem(), lr=0.01, steps=3, methods=("gd", "central_flow"), **kwargs)
+
+
+def test_a_coordinate_the_loss_barely_feels_does_not_break_the_preconditioned_central_flow():
+    """Adam's start-up puts the flow far above its (bias-corrected) threshold, with several critical directions,
+    while a coordinate the loss barely feels keeps ν ≈ 0 (P ≈ ε): the SDCP's differences must keep ν >= 0 there
+    (a central difference took √ of a negative number and failed the run at step 0, on mlp-digits)."""
+    def loss(w):
+        return 6.0 * w[0] ** 2 - 0.25 * w[0] ** 4 + 3.0 * w[1] ** 2 + 1e-12 * w[0] * w[2]
+
+    p = rodflow.Problem.from_loss(loss, torch.tensor([0.01, 0.02, 0.5], dtype=torch.float64), name="dead")
+    r = rodflow.simulate(p, lr=0.01, steps=200, methods=("gd", "central_flow"), optimizer="adam",
+                         optimizer_options={"beta2": 0.9}, sharpness_every=0, options={"central_flow": {"neigs": 2}})
+    assert (r.summary()["status"] == "ok").all()
+    cf = r.metrics[r.metrics.method == "central_flow"]
+    assert np.isfinite(cf.loss_pred).all() and (cf.n_critical >= 1).any()
+    assert abs(r.iterates["central_flow"][-1][2] - 0.5) < 0.1

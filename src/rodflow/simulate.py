@@ -68,7 +68,7 @@ def simulate(
     ``options`` maps a method to its options (``rodflow.processes.options(name)`` lists them).
     ``optimizer`` ("gd", "momentum", "nesterov", "rmsprop", "adam", "nadam"; ``rodflow.optimizers``) with
     ``optimizer_options`` (e.g. ``{"beta1": 0.9}``) is the update rule of GD *and* of every flow: gradient flow
-    becomes its stable flow, rod flow the rod of its map (central flow models plain GD only, so far). With ``out``,
+    becomes its stable flow, central flow holds λ_max(P⁻¹H) at its threshold, rod flow is the rod of its map. With ``out``,
     a run directory is written as the run goes (see ``rodflow.records``). ``progress=None`` shows a bar
     when stderr is a terminal. ``gfs_every=N`` records the GFS sharpness φ (``rodflow.gfs``) of every method's
     point every N steps (0: never) as metrics columns ``gfs_sharpness``, ``gfs_converged``, ``gfs_error``, ...;

@@ -26,6 +26,13 @@ eigenvalue is always captured and at least one non-critical tracked eigenvalue c
 tolerance is ``eig_tol``, relaxed to 1e-5 while the top effective eigenvalue is below 0.9 of the threshold
 (there the eigenpairs only certify that nothing is critical).
 
+Another update rule than plain GD (momentum, RMSProp, Adam, ...; science.md §6): the flow runs on (w, state, step
+count), the constraint is on the eigenvalues of P⁻¹H against the rule's threshold and the state's update feels
+the oscillation's covariance (``central_state.py``; options ``momentum`` "ode" (default) or "slaved",
+``state_convention`` "centred" (default) or "post-update", as for gradient flow). Its rows add ``threshold``;
+``tracked_sharpness``/``tracked_eigs`` are then eigenvalues of P⁻¹H, ``loss_pred`` = L + ½⟨Σ, H⟩ and
+``grad_sq_pred`` = ‖g‖² + tr(HΣH) with H U = τ P U on the edge.
+
 Row t of the record describes the interval [t, t+1) as the reference does: loss and eigenvalues at w_t
 (substep 0), tr Σ and the eigenvalues of Σ averaged over the substeps of [t, t+1). So the step t → t+1 is
 computed on arriving at w_t (counted as the cost of that row), and ``advance`` commits it.
@@ -355,7 +362,7 @@ class CentralFlow(Process):
     def _sdcp_rule(self, w, g, s, n, U, e, tau, P, dt):
         """The SDCP of one substep for a rule (central_state.py): X (None if inactive), the third-derivative
         vectors g_ij (k, k, d, float64), the covariance terms D[k][l] of ds/dt and the residual. The change of
-        uᵢᵀ(H − Q)uⱼ over the substep is linearised in X by central differences of the substep."""
+        uᵢᵀ(H − Q)uⱼ over the substep is linearised in X by differences of the substep."""
         dyn = self.dyn
         k = U.shape[1]
         Uw = U.to(w.dtype)
@@ -370,24 +377,32 @@ class CentralFlow(Process):
         def change(step, new):  # the change of uᵢᵀ(H − Q)uⱼ over a substep, to first order
             return torch.einsum("ijd,d->ij", G, step) - (UU * (dyn.q(new, n + dt) - Q)).sum(-1)
 
-        step0, new0 = dyn.substep(s, n, g, None, None, dt)
-        A = -change(step0, new0).cpu().numpy()
+        base = change(*dyn.substep(s, n, g, None, None, dt))  # X = 0
+        A = -base.cpu().numpy()
         Hu = tau * (U if P is None else P.reshape(-1, 1) * U)  # H u_k on the edge
         D = [[None] * k for _ in range(k)]
-        B = np.zeros((k, k, k, k))
         for a in range(k):
             for b in range(a, k):
                 D[a][b] = D[b][a] = dyn.curvature(n, Hu[:, a], Hu[:, b], s) if dyn.keys else {}
-                # the direction X_ab = X_ba = 1 (X_aa = 1 on the diagonal)
-                mult = 1.0 if a == b else 2.0
-                dG = 0.5 * mult * G[a, b]
-                dS = {key: mult * v for key, v in D[a][b].items()}
-                h = perturbation(g, dG, s, dS)
-                up = change(*dyn.substep(s, n, g, h * dG, {key: h * v for key, v in dS.items()}, dt))
-                down = change(*dyn.substep(s, n, g, -h * dG, {key: -h * v for key, v in dS.items()}, dt))
-                col = (-(up - down) / (2.0 * h)).cpu().numpy()
-                B[:, :, a, b] = col / mult
-                B[:, :, b, a] = col / mult
+
+        def response(C):
+            """d/dε of the change over the substep at X = εC for a PSD direction C, by a forward difference: a PSD
+            covariance only adds to second moments, so the perturbed state stays valid (a zero second moment
+            stays >= 0, where a central difference would take its square root below 0)."""
+            dG = 0.5 * torch.einsum("kl,kld->d", C, G)
+            dS = {key: sum(float(C[i, j]) * D[i][j][key] for i in range(k) for j in range(k)) for key in dyn.keys}
+            h = perturbation(g, dG, s, dS)
+            up = change(*dyn.substep(s, n, g, h * dG, {key: h * v for key, v in dS.items()}, dt))
+            return (-(up - base) / h).cpu().numpy()
+
+        eye = torch.eye(k, dtype=torch.float64, device=g.device)
+        diag = [response(torch.outer(eye[a], eye[a])) for a in range(k)]
+        B = np.zeros((k, k, k, k))
+        for a in range(k):
+            B[:, :, a, a] = diag[a]
+            for b in range(a + 1, k):
+                v = eye[a] + eye[b]  # X_ab = X_ba = 1 is (e_a + e_b)(e_a + e_b)ᵀ − E_aa − E_bb
+                B[:, :, a, b] = B[:, :, b, a] = 0.5 * (response(torch.outer(v, v)) - diag[a] - diag[b])
         B = 0.5 * (B + B.transpose(2, 3, 0, 1))  # symmetric up to the rule's cross terms and rounding
         alpha = np.diag(2.0 - e.cpu().numpy()) + A
         X0 = self.X_prev if self.X_prev is not None and self.X_prev.shape == (k, k) else None

@@ -23,8 +23,9 @@ For GD this is the reference's w⁺ = w − dt·η Ḡ. The constraint is on the
 threshold τ(s, n): with Q = τ·P (a d-vector, or one value), H − Q ⪯ 0 on the critical generalised eigenvectors,
 normalised u = √(2/τ)·v with vᵀPv = 1 (so uᵀHu = e = 2λ/τ, threshold 2 as for GD, and uᵀQu = 2). One substep
 ahead, uᵢᵀ(H − Q)uⱼ changes by ⟨g_ij, w⁺ − w⟩ − ⟨uᵢ ⊙ uⱼ, Q⁺ − Q⟩, a function of X through the substep; the
-central flow linearises it at X = 0 by central differences of the substep (float64, no gradient evaluations:
-the substep needs only the rule's arithmetic).
+central flow linearises it at X = 0 by forward differences of the substep along PSD directions of X (a covariance
+only adds to second moments, so a zero second moment never goes negative under the difference; float64, no
+gradient evaluations: the substep needs only the rule's arithmetic).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ import torch
 from ..errors import RodflowError
 
 Tensor = torch.Tensor
-FD_STEP = 1e-6  # relative perturbation of the gradient or state for the substep's derivative in X
+FD_STEP = 1e-6  # relative perturbation of the mean gradient or the state for the substep's derivative in X
 MOMENTUM = ("ode", "slaved")
 
 
@@ -136,7 +137,7 @@ class RuleState:
 
 
 def perturbation(g: Tensor, dG: Tensor, s: dict[str, Tensor], dS: dict[str, Tensor]) -> float:
-    """The step h of a central difference along (dG, dS): the largest relative change of Ḡ or of a state entry is
+    """The step h of a difference along (dG, dS): the largest relative change of Ḡ or of a state entry is
     FD_STEP (1 when the direction moves nothing)."""
     ratios = []
     top = float(dG.abs().max())
