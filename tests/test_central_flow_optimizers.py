@@ -45,16 +45,20 @@ def test_below_the_edge_central_flow_is_the_continuous_limit(name, params):
     assert dist[1] < 0.7 * dist[0]
 
 
-@pytest.mark.parametrize("name,params", [("rmsprop", {"alpha": 0.9}), ("rmsprop", {"alpha": 0.9, "scalar": True}),
-                                         ("nadam", {"beta2": 0.9})])
-def test_adaptive_edge_on_the_quartic_predicts_gd_time_averages(name, params):
+@pytest.mark.parametrize("name,params,dtype", [("rmsprop", {"alpha": 0.9}, "float64"),
+                                               ("rmsprop", {"alpha": 0.9}, "float32"),
+                                               ("rmsprop", {"alpha": 0.9, "scalar": True}, "float64"),
+                                               ("nadam", {"beta2": 0.9}, "float64")])
+def test_adaptive_edge_on_the_quartic_predicts_gd_time_averages(name, params, dtype):
     """At the quartic's minimum (S = 12 above the threshold, zero third derivative there) only the second moment
     can hold λ_max(P⁻¹H) at the threshold: the covariance term of dν/dt sets Σ, and with it the predicted loss
     ½⟨Σ, H⟩ and squared gradient ‖g‖² + tr(HΣH), which match GD's time averages once GD oscillates steadily
-    around 0 (measured within 4e-4 over steps 200-300; Adam's GD runs a cycle instead and is not compared)."""
-    p = problems.make("quartic", S=12.0, Q=1.0, w0=0.01)
+    around 0 (measured within 4e-4 over steps 200-300, float32 as float64; Adam's GD runs a cycle instead and is not
+    compared)."""
+    p = problems.make("quartic", S=12.0, Q=1.0, w0=0.01, dtype=dtype)
     r = rodflow.simulate(p, lr=0.01, steps=300, methods=("gd", "central_flow"), optimizer=name,
-                         optimizer_options=params, sharpness_every=0)
+                         optimizer_options=params, sharpness_every=0, dtype=dtype)
+    assert r.iterates["central_flow"].dtype == np.dtype(dtype)
     m = r.metrics
     gd = m[(m.method == "gd") & (m.step > 200)]
     cf = m[(m.method == "central_flow") & (m.step > 200)]
