@@ -147,3 +147,23 @@ def test_a_coordinate_the_loss_barely_feels_does_not_break_the_preconditioned_ce
     cf = r.metrics[r.metrics.method == "central_flow"]
     assert np.isfinite(cf.loss_pred).all() and (cf.n_critical >= 1).any()
     assert abs(r.iterates["central_flow"][-1][2] - 0.5) < 0.1
+
+
+def test_more_critical_directions_than_max_k_at_adams_start_are_capped_not_fatal():
+    """Started next to a minimum, Adam's early (bias-corrected) threshold is far below λ_max(P⁻¹H) in all four
+    directions: with max_k = 2 the flow constrains the top two and counts the substeps (critical_capped) instead
+    of failing; with max_k = 8 all four are constrained and nothing is capped."""
+    scales = torch.linspace(0.5, 3.0, 4, dtype=torch.float64)
+
+    def loss(w):
+        return 0.5 * (scales * w * w).sum() + 0.1 * (w**4).sum() + 0.05 * (w**3).sum()
+
+    p = rodflow.Problem.from_loss(loss, 1e-3 * torch.linspace(1.0, -0.8, 4, dtype=torch.float64), name="near")
+    for max_k, capped, critical in ((2, True, 2), (8, False, 4)):
+        r = rodflow.simulate(p, lr=0.01, steps=10, methods=("gd", "central_flow"), optimizer="adam",
+                             sharpness_every=0, options={"central_flow": {"max_k": max_k}})
+        assert (r.summary()["status"] == "ok").all()
+        cf = r.metrics[r.metrics.method == "central_flow"].set_index("step")
+        assert (cf.loc[0, "critical_capped"] > 0) == capped
+        assert cf.loc[0, "n_critical"] == critical
+        assert (cf.loc[5:, "critical_capped"] == 0).all()

@@ -174,6 +174,7 @@ class CentralFlow(Process):
         }
         obs = Observation(self.w, scalars, arrays, estimates=self.estimates)
         if self.dyn is not None:
+            scalars["critical_capped"] = r.get("critical_capped", math.nan)
             scalars.update(self.optimizer_scalars(self.dyn.full_state(self.s), self.n))
             obs.preconditioner = self.dyn.preconditioner(self.s, self.n)
         return obs
@@ -291,7 +292,7 @@ class CentralFlow(Process):
         dtype = self.problem.dtype
         w, s, n = self.w, dict(self.s), self.n
         dt = 1.0 / self.substeps
-        factors, traces, halves, hsh, residual, unconverged = [], [], [], [], 0.0, 0
+        factors, traces, halves, hsh, residual, unconverged, capped = [], [], [], [], 0.0, 0, 0
         try:
             for sub in range(self.substeps):
                 loss, g = self.problem.loss_grad(w)
@@ -309,7 +310,11 @@ class CentralFlow(Process):
                     raise ArithmeticError("the optimizer's threshold or preconditioner is not positive")
                 factor = 2.0 / tau  # effective eigenvalue e = 2λ/τ: the threshold sits at 2, as for GD
                 scale = None if P is None else P.rsqrt().to(dtype)
-                eig = self._eigs(w, factor, scale)
+                # Adam's bias-corrected start-up can put more than max_k directions above its (small) early
+                # threshold: the constraint then holds the top max_k, and the substep is counted (critical_capped)
+                self._capped = False
+                eig = self._eigs(w, factor, scale, cap=True)
+                capped += int(self._capped)
                 unconverged += int(not eig.converged)
                 e = factor * eig.values
                 k = int((e > 2.0 * self.threshold).sum())
@@ -355,7 +360,8 @@ class CentralFlow(Process):
             return
         mean = (lambda xs: float(np.mean(xs)) if xs else math.nan)
         self._row.update(trace_sigma=mean(traces), half_sigma_h=mean(halves), h_sigma_h=mean(hsh),
-                         X_eigs=self._sigma_eigs(factors), qp_residual=residual, eig_unconverged=unconverged)
+                         X_eigs=self._sigma_eigs(factors), qp_residual=residual, eig_unconverged=unconverged,
+                         critical_capped=capped)
         self._next = w
         self._next_state = (s, n)
 
@@ -411,9 +417,10 @@ class CentralFlow(Process):
             return None, G, D, 0.0
         return sol.X, G, D, sol.residual
 
-    def _eigs(self, w, factor=None, scale=None):
+    def _eigs(self, w, factor=None, scale=None, cap=False):
         """Tracked top eigenpairs of H (``scale``: of P^{-1/2} H P^{-1/2}, scale = P^{-1/2}); effective
-        eigenvalues are ``factor`` (default lr) times them."""
+        eigenvalues are ``factor`` (default lr) times them. More than ``max_k`` critical ones fail the step, or
+        with ``cap`` leave the constraint on the top max_k (``self._capped`` set)."""
         d = self.problem.d
         factor = self.lr if factor is None else factor
         # Far below the threshold the eigenpairs only have to certify that nothing is critical: a relative
@@ -434,6 +441,9 @@ class CentralFlow(Process):
             if not last_critical or self.k_track >= d:
                 break
             if self.k_track >= self.max_k:
+                if cap:
+                    self._capped = True
+                    break
                 raise RuntimeError(
                     f"more than max_k={self.max_k} eigenvalues are above {self.threshold}·2/lr; raise max_k"
                 )
