@@ -223,11 +223,12 @@ def test_cli_optimizer_flags(tmp_path):
     from rodflow.cli import app
 
     res = CliRunner().invoke(app, ["run", "--problem", "quadratic", "--lr", "0.05", "--steps", "10", "--methods",
-                                   "gd,gradient_flow,rod_flow", "--optimizer", "adam", "--optimizer-opt",
+                                   "gd,gradient_flow,central_flow,rod_flow", "--optimizer", "adam", "--optimizer-opt",
                                    "beta1=0.8", "--out", str(tmp_path / "r"), "--no-progress", "--no-plots"])
     assert res.exit_code == 0, res.output
-    config = rodflow.load(tmp_path / "r").config
-    assert config["optimizer"] == "adam" and config["optimizer_options"] == {"beta1": 0.8}
+    run = rodflow.load(tmp_path / "r")
+    assert run.config["optimizer"] == "adam" and run.config["optimizer_options"] == {"beta1": 0.8}
+    assert (run.summary()["status"] == "ok").all() and "central_flow" in res.output
 
 
 @pytest.mark.parametrize("name,params,lr", [("momentum", {"beta": 0.9}, 0.35), ("momentum", {"beta": 0.5}, 0.26),
