@@ -170,7 +170,7 @@ def test_compare_with_an_optimizer(tmp_path):
     methods are those that model the optimizer; eos_step compares with the recorded threshold."""
     res = cmp.compare(tiny_config(optimizer="momentum", optimizer_options={"beta": 0.5}), out=tmp_path / "m",
                       progress=False, plots=False)
-    assert list(res.summary["method"]) == ["gd", "gradient_flow", "rod_flow"]  # central flow models plain GD only
+    assert list(res.summary["method"]) == ["gd", "gradient_flow", "central_flow", "rod_flow"]  # all model it
     s0 = res.initial_sharpness
     assert res.result.lr == pytest.approx(1.2 * 2 * 1.5 / s0, rel=1e-12)
     info = json.loads((tmp_path / "m" / "compare.json").read_text())
@@ -183,7 +183,7 @@ def test_compare_with_an_optimizer(tmp_path):
     del cfg["s0_fraction"]
     adam = cmp.compare(cfg, out=tmp_path / "a2", progress=False, plots=False)
     table = adam.summary.set_index("method")
-    assert (table["status"] == "ok").all() and "central_flow" not in table.index
+    assert (table["status"] == "ok").all() and "central_flow" in table.index
     m = adam.result.metrics
     gd = m[(m.method == "gd") & m.preconditioned_sharpness.notna()]
     hit = gd.step[gd.preconditioned_sharpness >= 0.995 * gd.threshold]

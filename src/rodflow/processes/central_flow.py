@@ -224,12 +224,8 @@ class CentralFlow(Process):
         factors, traces, residual, unconverged = [], [], 0.0, 0
         try:
             for s in range(self.substeps):
-                loss, g = self.problem.loss_grad(w)
-                if s == 0:
-                    self._row.update(loss=float(loss), grad_sq=float(g @ g))
-                if not (math.isfinite(float(loss)) and bool(torch.isfinite(g).all())):
-                    if s == 0:
-                        raise ArithmeticError("non-finite loss or gradient")
+                g = self._gradient(w, s)
+                if g is None:
                     # diverged inside the step: commit the non-finite point, so the run records the
                     # divergence at t + 1 (with row t intact) instead of a failure
                     self._row.update(trace_sigma=float(np.mean(traces)), qp_residual=residual,
@@ -241,10 +237,7 @@ class CentralFlow(Process):
                 e = self.lr * eig.values
                 k = int((e > 2.0 * self.threshold).sum())
                 if s == 0:
-                    tracked = np.full(self.n_report, np.nan)
-                    tracked[: eig.values.numel()] = eig.values.cpu().numpy()
-                    self._row.update(n_critical=k, k_tracked=eig.values.numel(),
-                                     tracked_sharpness=float(eig.values[0]), tracked_eigs=tracked)
+                    self._record_eigs(eig, k)
                 direction = g
                 X = None
                 if self.sdcp_over == "tracked":  # every tracked eigenvector enters (the reference's choice)
@@ -265,13 +258,35 @@ class CentralFlow(Process):
                     traces.append(0.0)
                 w = w - (dt * self.lr) * direction
         except _STEP_ERRORS as exc:
-            self._error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self._row.setdefault("loss", math.nan)
-            self._row.setdefault("grad_sq", math.nan)
-            return
+            return self._fail(exc)
         self._row.update(trace_sigma=float(np.mean(traces)), X_eigs=self._sigma_eigs(factors), qp_residual=residual,
                          eig_unconverged=unconverged)
         self._next = w
+
+    def _gradient(self, w, sub: int):
+        """g at w (the row's loss and ‖g‖² at substep 0); None when a later substep finds it non-finite (the
+        flow diverged inside the step), an error at substep 0."""
+        loss, g = self.problem.loss_grad(w)
+        if sub == 0:
+            self._row.update(loss=float(loss), grad_sq=float(g @ g))
+        if not (math.isfinite(float(loss)) and bool(torch.isfinite(g).all())):
+            if sub == 0:
+                raise ArithmeticError("non-finite loss or gradient")
+            return None
+        return g
+
+    def _record_eigs(self, eig, k: int) -> None:
+        """The row's eigenvalue columns (substep 0)."""
+        tracked = np.full(self.n_report, np.nan)
+        tracked[: eig.values.numel()] = eig.values.cpu().numpy()
+        self._row.update(n_critical=k, k_tracked=eig.values.numel(), tracked_sharpness=float(eig.values[0]),
+                         tracked_eigs=tracked)
+
+    def _fail(self, exc) -> None:
+        """Record a failed step (``advance`` raises it; the row keeps what was computed)."""
+        self._error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        self._row.setdefault("loss", math.nan)
+        self._row.setdefault("grad_sq", math.nan)
 
     def _sigma_eigs(self, factors) -> np.ndarray:
         """Eigenvalues of Σ averaged over the substeps, (1/n) Σ_s F_s F_sᵀ: the nonzero ones of FᵀF/n."""
@@ -295,12 +310,8 @@ class CentralFlow(Process):
         factors, traces, halves, hsh, residual, unconverged, capped = [], [], [], [], 0.0, 0, 0
         try:
             for sub in range(self.substeps):
-                loss, g = self.problem.loss_grad(w)
-                if sub == 0:
-                    self._row.update(loss=float(loss), grad_sq=float(g @ g))
-                if not (math.isfinite(float(loss)) and bool(torch.isfinite(g).all())):
-                    if sub == 0:
-                        raise ArithmeticError("non-finite loss or gradient")
+                g = self._gradient(w, sub)
+                if g is None:
                     break  # diverged inside the step: commit the non-finite point (see _prepare)
                 s64 = {key: v.to(torch.float64) for key, v in s.items()}
                 g64 = g.to(torch.float64)
@@ -319,10 +330,7 @@ class CentralFlow(Process):
                 e = factor * eig.values
                 k = int((e > 2.0 * self.threshold).sum())
                 if sub == 0:
-                    tracked = np.full(self.n_report, np.nan)
-                    tracked[: eig.values.numel()] = eig.values.cpu().numpy()
-                    self._row.update(n_critical=k, k_tracked=eig.values.numel(),
-                                     tracked_sharpness=float(eig.values[0]), tracked_eigs=tracked)
+                    self._record_eigs(eig, k)
                 if self.sdcp_over == "tracked":
                     k = eig.values.numel()
                 dG, dS, X = None, None, None
@@ -354,10 +362,7 @@ class CentralFlow(Process):
                 s = {key: v.to(dtype) for key, v in s64.items()}
                 n = n + dt
         except _STEP_ERRORS as exc:
-            self._error = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
-            self._row.setdefault("loss", math.nan)
-            self._row.setdefault("grad_sq", math.nan)
-            return
+            return self._fail(exc)
         mean = (lambda xs: float(np.mean(xs)) if xs else math.nan)
         self._row.update(trace_sigma=mean(traces), half_sigma_h=mean(halves), h_sigma_h=mean(hsh),
                          X_eigs=self._sigma_eigs(factors), qp_residual=residual, eig_unconverged=unconverged,
