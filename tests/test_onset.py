@@ -95,3 +95,28 @@ def test_rate_options_are_checked():
                         ({"max_decay": 0}, "max_decay must be a finite number > 0")):
         with pytest.raises(RodflowError, match=match):
             rodflow.simulate(p, lr=0.1, steps=2, methods=["rod_flow"], options={"rod_flow": opts}, progress=False)
+
+
+def test_gd_onset_ignores_rounding_flips_below_the_threshold():
+    """GD on the sharp valley at η = 0.1 stays far below its threshold (sharpness 5.6 against 2/η = 20): its
+    fourth difference is then the rounding of w (0.002–0.3 eps·‖w‖), which the running-floor rule took for an
+    oscillation growing out of its floor (onset 342); counted per coordinate above its rounding level, none."""
+    p = rodflow.problems.make("sharp-valley")
+    r = rodflow.simulate(p, lr=0.1, steps=600, methods=("gd",), sharpness_every=100)
+    s = r.summary().set_index("method")
+    assert s.loc["gd", "final_sharpness"] * 0.1 < 0.6
+    assert math.isnan(s.loc["gd", "onset_step"])
+
+
+def test_gd_oscillation_keeps_a_tiny_coordinates_real_oscillation_and_drops_ulp_flips():
+    """A coordinate oscillating at 1e-21 (the self-stabilization toy's x) is a real oscillation; a coordinate of
+    size 10 drifting linearly flips by one ulp in its fourth difference — that is rounding, not oscillation."""
+    t = np.arange(40)
+    x = 1e-21 * (-1.0) ** t * 1.05**t
+    y = 10.0 + 0.6 * t
+    w = np.stack([x, y], axis=1)
+    w[20, 1] = np.nextafter(w[20, 1], np.inf)  # one ulp
+    osc = onset.gd_oscillation(w)
+    factor = (1.05**-2 + 4 / 1.05 + 6 + 4 * 1.05 + 1.05**2) / 16
+    np.testing.assert_allclose(osc[2:-2].drop(20), np.abs(x[2:-2]).take(np.r_[0:18, 19:36]) * factor, rtol=1e-9)
+    assert osc[20] < 1e-18  # the ulp flip (4e-16 in y's fourth difference) is not counted

@@ -6,7 +6,7 @@ times its running floor (its smallest value so far): below the threshold the osc
 grows exponentially out of it. The oscillation is
 
 - for GD, a = ‖w_{t−2} − 4 w_{t−1} + 6 w_t − 4 w_{t+1} + w_{t+2}‖ / 16 from its recorded iterates (full or
-  projected: the difference is linear). For w_t = m_t + (−1)^t a_t this is ‖a_t‖ up to the fourth derivative of
+  projected: the difference is linear), each coordinate counted only above its own rounding level. For w_t = m_t + (−1)^t a_t this is ‖a_t‖ up to the fourth derivative of
   the drift m; the second difference (w_{t+1} − 2 w_t + w_{t−1})/4 is not enough: on the sharp valley the drift's
   curvature held it at 1e-10 where the 4th difference reaches the rounding level 1e-16;
 - for a process whose class names an ``oscillation_column`` (rod flow: ``rod_length`` = ‖δ‖), that column;
@@ -53,13 +53,24 @@ def first_spike_step(loss, rise: float = RISE) -> float:
     return float(hit[0]) if len(hit) else math.nan
 
 
+ROUNDING = 16.0  # a coordinate's fourth difference within ROUNDING·eps·max|w_i| of zero is rounding
+
+
 def gd_oscillation(iterates: np.ndarray) -> pd.Series:
     """GD's period-2 amplitude per step from its iterates (steps + 1, d): the centred fourth difference / 16
-    (NaN at the two first and last steps)."""
-    w = np.asarray(iterates, dtype=float)
+    (NaN at the two first and last steps), counting only the coordinates whose fourth difference is above their
+    own rounding level, ``ROUNDING``·eps·max|w_i| over the five iterates (eps of the iterates' dtype): the ulp
+    flips of a coordinate that only drifts would otherwise count as oscillation — on the sharp valley below its
+    threshold (η = 0.1) they fired an onset at sharpness 5.6 against 2/η = 20, and on the self-stabilization toy
+    they fired before the real oscillation, which lives in a coordinate of size 1e-21, had grown at all."""
+    raw = np.asarray(iterates)
+    eps = np.finfo(raw.dtype).eps if np.issubdtype(raw.dtype, np.floating) else np.finfo(float).eps
+    w = raw.astype(float)
     out = np.full(len(w), np.nan)
     if len(w) >= 5:
         d4 = w[:-4] - 4 * w[1:-3] + 6 * w[2:-2] - 4 * w[3:-1] + w[4:]
+        size = np.max(np.abs(np.stack([w[:-4], w[1:-3], w[2:-2], w[3:-1], w[4:]])), axis=0)
+        d4 = np.where(np.abs(d4) > ROUNDING * eps * size, d4, 0.0)
         out[2:-2] = np.linalg.norm(d4, axis=1) / 16
     return pd.Series(out)
 
