@@ -104,28 +104,26 @@ class RuleState:
         return dt * step, new
 
     def check_linear(self, s: dict[str, Tensor], g: Tensor, n: float) -> None:
-        """The step must be linear in the gradient once the state is fixed (the flow's mean gradient enters it
-        that way); a one-line error otherwise."""
-        full = self.complete(s, g, n)
-        a = self.rule.increment(full, g, self.lr, n)
-        b = self.rule.increment(self.complete(s, 2.0 * g, n) if self.held else full, 2.0 * g, self.lr, n)
-        if self.held and not torch.allclose(b, 2.0 * a, rtol=1e-6, atol=0.0):
+        """With momentum held at its fixed point the step must be linear in the gradient (the SDCP's lever acts
+        through it); a one-line error otherwise."""
+        if not self.held:
+            return
+        a = self.rule.increment(self.complete(s, g, n), g, self.lr, n)
+        b = self.rule.increment(self.complete(s, 2.0 * g, n), 2.0 * g, self.lr, n)
+        if not torch.allclose(b, 2.0 * a, rtol=1e-6, atol=0.0):
             raise RodflowError(f"central_flow needs optimizer {self.rule.name!r}'s step to be linear in the gradient "
                                "once its momentum is at its fixed point; it is not (use momentum='ode')")
 
-    def _full(self, s):
+    def full_state(self, s: dict[str, Tensor]) -> dict[str, Tensor]:
         """The rule's state with its held momentum entries at zero (P and τ do not read them)."""
         like = s[self.keys[-1]] if s else torch.zeros(1, dtype=torch.float64)
         return {**{k: torch.zeros_like(x) for k, x in self.rule.init(like).items() if k not in s}, **s}
 
-    def full_state(self, s: dict[str, Tensor]) -> dict[str, Tensor]:
-        return self._full(s)
-
     def preconditioner(self, s: dict[str, Tensor], n: float) -> Tensor | None:
-        return self.rule.preconditioner(self._full(s), n) if self.rule.preconditioned else None
+        return self.rule.preconditioner(self.full_state(s), n) if self.rule.preconditioned else None
 
     def threshold(self, s: dict[str, Tensor], n: float) -> float:
-        return float(self.rule.threshold(self._full(s), self.lr, n))
+        return float(self.rule.threshold(self.full_state(s), self.lr, n))
 
     def q(self, s: dict[str, Tensor], n: float) -> Tensor:
         """Q = τ·P (one value when P is the identity or scalar)."""
