@@ -267,9 +267,11 @@ def test_sweep_workers_die_with_their_parent_and_ctrl_c_cancels_at_once(tmp_path
     (tmp_path / "s.toml").write_text('name = "k"\nproblem = "sharp-valley"\nsteps = 300000\nmethods = "gd"\n'
                                      'sharpness_every = 0\n[grid]\nlr = [0.1, 0.2, 0.3, 0.35]\n')
     out = tmp_path / "o"
+    # Ctrl-C as a terminal delivers it: to a process that handles SIGINT (a test run started in the background
+    # of a non-interactive shell ignores it, and its children inherit that; the sweep then ran on)
     proc = subprocess.Popen([sys.executable, "-m", "rodflow.cli", "sweep", str(tmp_path / "s.toml"), "--out", str(out),
                              "--workers", "2", "--no-progress"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True)
+                            text=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 90
     while time.monotonic() < deadline and len(list(out.glob("runs/*/metrics.jsonl"))) < 2:
         time.sleep(0.1)

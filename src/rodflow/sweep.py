@@ -331,9 +331,9 @@ def _local(tasks, workers: int, **_) -> Iterable[tuple[int, dict[str, Any]]]:
     while remaining:
         ctx = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(max_workers=workers, mp_context=ctx, initializer=init_worker) as pool:
-            futures = {pool.submit(execute, spec, d): i for i, (spec, d) in remaining.items()}
             broken = False
             try:
+                futures = {pool.submit(execute, spec, d): i for i, (spec, d) in remaining.items()}
                 for fut in as_completed(futures):
                     i = futures[fut]
                     try:
@@ -535,9 +535,10 @@ def run_sweep(
     tasks = [(sweep.runs[i].spec, str(out / "runs" / sweep.runs[i].id)) for i in todo]
     engines = {"local": _local, "ray": _ray, "slurm": _slurm}
     last_write = time.monotonic()
+    results = engines[engine](tasks, workers=workers, address=address, cpus_per_task=cpus_per_task,
+                              folder=out, cluster=cluster, slurm=slurm)
     try:
-        for j, result in engines[engine](tasks, workers=workers, address=address, cpus_per_task=cpus_per_task,
-                                         folder=out, cluster=cluster, slurm=slurm):
+        for j, result in results:
             i = todo[j]
             run = sweep.runs[i]
             rows[i] = _row(run, result)
@@ -552,6 +553,12 @@ def run_sweep(
                 _write_index(out, rows)
                 last_write = time.monotonic()
     finally:
+        # a Ctrl-C that lands here rather than inside the engine (while a row is written) must still cancel the
+        # runs in flight at once: closing the engine's generator does (left open, the interpreter's exit waited
+        # for every running run to finish)
+        close = getattr(results, "close", None)
+        if close is not None:
+            close()
         bar.close()
         log.close()
         _write_index(out, rows)
