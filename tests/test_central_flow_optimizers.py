@@ -1,11 +1,10 @@
 """Central flow for update rules other than plain GD (processes/central_state.py): below the edge it is the rule's
 stable flow; at the adaptive edge it holds λ_max(P⁻¹H) at the rule's threshold and predicts GD's time-averaged
-loss and squared gradient; resume; bad input."""
+loss and squared gradient; bad input (resume: test_optimizer_flows.py)."""
 
 from __future__ import annotations
 
 import numpy as np
-import pandas as pd
 import pytest
 import torch
 
@@ -82,19 +81,6 @@ def test_without_the_second_moment_term_the_adaptive_edge_is_lost(monkeypatch):
                          optimizer_options={"alpha": 0.9}, sharpness_every=0)
     status = r.summary().set_index("method").loc["central_flow", "status"]
     assert status.startswith("failed")
-
-
-def test_resume_of_a_preconditioned_central_flow_is_bit_identical(tmp_path, killed_at_gd_step):
-    p = problems.make("quartic", S=12.0, Q=1.0, w0=0.01)
-    kw = dict(lr=0.01, steps=30, methods=("gd", "central_flow"), optimizer="adam",
-              optimizer_options={"beta2": 0.99}, sharpness_every=5)
-    full = rodflow.simulate(p, **kw)
-    with killed_at_gd_step(17):
-        rodflow.simulate(p, **kw, out=tmp_path / "run", checkpoint_every=5)
-    resumed = rodflow.resume(tmp_path / "run")
-    timing = [c for c in full.metrics.columns if c.endswith("wall_s")]
-    pd.testing.assert_frame_equal(resumed.metrics.drop(columns=timing), full.metrics.drop(columns=timing))
-    np.testing.assert_array_equal(resumed.iterates["central_flow"], full.iterates["central_flow"])
 
 
 def test_central_flow_records_the_rule_threshold_and_preconditioner():

@@ -123,10 +123,16 @@ def test_adam_run_records_thresholds_and_a_converged_preconditioned_sharpness():
     assert m[m.step % 4 == 0].preconditioned_sharpness.notna().all()
 
 
-def test_resume_with_optimizer_state_is_bit_identical(tmp_path, killed_at_gd_step):
-    p = problems.make("quadratic")
-    kw = dict(lr=0.05, steps=40, methods=("gd", "gradient_flow", "rod_flow"), optimizer="nadam",
-              optimizer_options={"beta1": 0.8}, sharpness_every=5)
+@pytest.mark.parametrize("problem,kw", [
+    (("quadratic", {}), dict(lr=0.05, methods=("gd", "gradient_flow", "rod_flow"), optimizer="nadam",
+                             optimizer_options={"beta1": 0.8})),
+    # the central flow of Adam at its adaptive edge (state, step count, SDCP warm start in the checkpoint)
+    (("quartic", {"S": 12.0, "Q": 1.0, "w0": 0.01}), dict(lr=0.01, methods=("gd", "central_flow"), optimizer="adam",
+                                                         optimizer_options={"beta2": 0.99})),
+])
+def test_resume_with_optimizer_state_is_bit_identical(tmp_path, killed_at_gd_step, problem, kw):
+    p = problems.make(problem[0], **problem[1])
+    kw = dict(kw, steps=40, sharpness_every=5)
     full = rodflow.simulate(p, **kw)
     with killed_at_gd_step(27):
         rodflow.simulate(p, **kw, out=tmp_path / "run", checkpoint_every=10)
