@@ -6,8 +6,8 @@ times its running floor (its smallest value so far): below the threshold the osc
 grows exponentially out of it. The oscillation is
 
 - for GD, a = ‖w_{t−2} − 4 w_{t−1} + 6 w_t − 4 w_{t+1} + w_{t+2}‖ / 16 from its recorded iterates (full or
-  projected: the difference is linear), each coordinate counted only above its own rounding level. For w_t = m_t + (−1)^t a_t this is ‖a_t‖ up to the fourth derivative of
-  the drift m; the second difference (w_{t+1} − 2 w_t + w_{t−1})/4 is not enough: on the sharp valley the drift's
+  projected: the difference is linear), each coordinate counted only above its own rounding level. For
+  w_t = m_t + (−1)^t a_t this is ‖a_t‖ up to the fourth derivative of the drift m; the second difference (w_{t+1} − 2 w_t + w_{t−1})/4 is not enough: on the sharp valley the drift's
   curvature held it at 1e-10 where the 4th difference reaches the rounding level 1e-16;
 - for a process whose class names an ``oscillation_column`` (rod flow: ``rod_length`` = ‖δ‖), that column;
 - for a process whose class names an ``edge_column`` (central flow: ``n_critical``), the first step where that

@@ -553,9 +553,9 @@ def run_sweep(
                 _write_index(out, rows)
                 last_write = time.monotonic()
     finally:
-        # a Ctrl-C that lands here rather than inside the engine (while a row is written) must still cancel the
-        # runs in flight at once: closing the engine's generator does (left open, the interpreter's exit waited
-        # for every running run to finish)
+        # a Ctrl-C that lands here rather than inside the engine (while a row is written) cancels the runs in
+        # flight at once too: closing the engine's generator runs its cancel guard now, not whenever the
+        # generator happens to be collected
         close = getattr(results, "close", None)
         if close is not None:
             close()
