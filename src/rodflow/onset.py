@@ -69,7 +69,9 @@ def gd_oscillation(iterates: np.ndarray) -> pd.Series:
     out = np.full(len(w), np.nan)
     if len(w) >= 5:
         d4 = w[:-4] - 4 * w[1:-3] + 6 * w[2:-2] - 4 * w[3:-1] + w[4:]
-        size = np.max(np.abs(np.stack([w[:-4], w[1:-3], w[2:-2], w[3:-1], w[4:]])), axis=0)
+        size = np.abs(w[:-4])  # max |w_i| over the five iterates, without a 5-fold copy of the record
+        for part in (w[1:-3], w[2:-2], w[3:-1], w[4:]):
+            np.maximum(size, np.abs(part), out=size)
         d4 = np.where(np.abs(d4) > ROUNDING * eps * size, d4, 0.0)
         out[2:-2] = np.linalg.norm(d4, axis=1) / 16
     return pd.Series(out)

@@ -75,8 +75,12 @@ class RuleState:
 
     def complete(self, s: dict[str, Tensor], v: Tensor, n: float) -> dict[str, Tensor]:
         """The rule's full state: the integrated entries, and momentum held at its fixed point for gradient v."""
-        full = {**{k: torch.zeros_like(x) for k, x in self.rule.init(v).items()}, **s}
+        full = self._filled(s, v)
         return self.rule.quasi_static(full, v, n) if self.held else full
+
+    def _filled(self, s: dict[str, Tensor], like: Tensor) -> dict[str, Tensor]:
+        """The integrated entries ``s`` with the rule's other entries at zero (shaped from ``like``)."""
+        return {**{k: torch.zeros_like(x) for k, x in self.rule.init(like).items() if k not in s}, **s}
 
     def rate(self, s: dict[str, Tensor], g: Tensor, n: float) -> dict[str, Tensor]:
         """R(s, g): ds/dt of the integrated entries for gradient g."""
@@ -116,8 +120,7 @@ class RuleState:
 
     def full_state(self, s: dict[str, Tensor]) -> dict[str, Tensor]:
         """The rule's state with its held momentum entries at zero (P and τ do not read them)."""
-        like = s[self.keys[-1]] if s else torch.zeros(1, dtype=torch.float64)
-        return {**{k: torch.zeros_like(x) for k, x in self.rule.init(like).items() if k not in s}, **s}
+        return self._filled(s, s[self.keys[-1]] if s else torch.zeros(1, dtype=torch.float64))
 
     def preconditioner(self, s: dict[str, Tensor], n: float) -> Tensor | None:
         return self.rule.preconditioner(self.full_state(s), n) if self.rule.preconditioned else None
