@@ -178,7 +178,7 @@ def test_dopri_option_reproduces_the_previous_default_bit_for_bit():
 
 @pytest.mark.parametrize("method", ["rod_flow", "gradient_flow"])
 @pytest.mark.parametrize("opts,match", [
-    ({"integrator": "euler"}, "integrator must be one of rkc, dopri"),
+    ({"integrator": "euler"}, "integrator must be one of srk4, rkc, dopri"),
     ({"integrator": 3}, "integrator must be one of"),
     ({"rtol": -1.0}, "rtol must be a finite number > 0"),
     ({"rtol": 0.0}, "rtol must be a finite number > 0"),
@@ -194,7 +194,7 @@ def test_bad_integrator_options_are_one_line_errors(method, opts, match):
 
 
 def test_make_names_the_choices():
-    with pytest.raises(RodflowError, match="rkc, dopri"):
+    with pytest.raises(RodflowError, match="srk4, rkc, dopri"):
         integrators.make("rk4", lambda t, y: -y, torch.ones(1, dtype=F64), rtol=1e-6, atol=1e-9)
 
 

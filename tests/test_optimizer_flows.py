@@ -373,7 +373,7 @@ def test_flows_that_integrate_momentum_default_to_dormand_prince(name):
     assert processes.make("rod_flow", p, 0.01, optimizer=rule).integrator == "dopri"
     slaved = processes.make("gradient_flow", p, 0.01, optimizer=rule, fast_state="slaved")
     assert not set(slaved.keys) & set(rule.fast)
-    assert processes.make("gradient_flow", p, 0.01, optimizer=optimizers.make("rmsprop")).integrator == "rkc"
+    assert processes.make("gradient_flow", p, 0.01, optimizer=optimizers.make("rmsprop")).integrator == "srk4"
 
 
 @pytest.mark.parametrize("args,match", [

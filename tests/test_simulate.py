@@ -231,7 +231,7 @@ def test_cli_run_writes_plots_and_summary(tmp_path, capsys):
         (["run", "--problem", "quadratic", "--param", "w0=[1,2]"], "w0 must have 3 entries"),
         (["run", "--problem", "quadratic", "--opt", "gradient_flow.rtl=1"], "did you mean 'rtol'"),
         (["run", "--problem", "quadratic", "--methods", "gd,rod_flow", "--opt", "rod_flow.integrator=euler"],
-         "must be one of rkc, dopri"),
+         "must be one of srk4, rkc, dopri"),
         (["run", "--problem", "quadratic", "--opt", "gradient_flow.rtol=-1"], "rtol must be a finite number > 0"),
         (["run", "--problem", "quadratic", "--methods", "gd,rod_flow", "--opt", "rod_flow.rtol=abc"],
          "rtol must be a finite number > 0"),

@@ -9,7 +9,8 @@ grows exponentially out of it. The oscillation is
   projected: the difference is linear), each coordinate counted only above its own rounding level. For
   w_t = m_t + (−1)^t a_t this is ‖a_t‖ up to the fourth derivative of the drift m; the second difference (w_{t+1} − 2 w_t + w_{t−1})/4 is not enough: on the sharp valley the drift's
   curvature held it at 1e-10 where the 4th difference reaches the rounding level 1e-16;
-- for a process whose class names an ``oscillation_column`` (rod flow: ``rod_length`` = ‖δ‖), that column;
+- for a process whose class names an ``oscillation_column`` (rod flow: ``rod_resolved_length``, ‖δ‖ over the
+  coordinates the ends c ± δ resolve, |δ_i| > eps·|c_i|: the rod's counterpart of GD's rounding level), that column;
 - for a process whose class names an ``edge_column`` (central flow: ``n_critical``), the first step where that
   column is ≥ 1 (the flow's constraint becomes active) is the onset itself;
 - none for the others (gradient flow): NaN.

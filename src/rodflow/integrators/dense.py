@@ -17,3 +17,20 @@ def hermite(y0: Tensor, f0: Tensor, y1: Tensor, f1: Tensor, h: float, theta: flo
     b = 3.0 * d - 2.0 * a - h * f1
     c = a + h * f1 - 2.0 * d
     return y0 + theta * (a + theta * (b + theta * c))
+
+
+def hermite5(p0, p1, p2, t: float) -> Tensor:
+    """Quintic Hermite interpolant at time t through three points ``(t_i, y_i, f_i = y'(t_i))``, by Newton's
+    divided differences on the doubled nodes t0, t0, t1, t1, t2, t2 (fifth-order accurate for smooth y)."""
+    z = [p0[0], p0[0], p1[0], p1[0], p2[0], p2[0]]
+    col = [p0[1], p0[1], p1[1], p1[1], p2[1], p2[1]]
+    slopes = {0: p0[2], 2: p1[2], 4: p2[2]}
+    coef = [col[0]]
+    for k in range(1, 6):  # k-th divided differences
+        col = [slopes[i] if k == 1 and z[i] == z[i + 1] else (col[i + 1] - col[i]) / (z[i + k] - z[i])
+               for i in range(6 - k)]
+        coef.append(col[0])
+    out = coef[5]
+    for k in range(4, -1, -1):
+        out = coef[k] + (t - z[k]) * out
+    return out
