@@ -1,4 +1,5 @@
-"""Cheap flows (issue 12): gradient evaluations per GD step of rod flow and gradient flow with each integrator,
+"""Cheap flows (issue 12): gradient evaluations per GD step of rod flow and gradient flow with each integrator
+(srk4, the default; rkc; dopri),
 and the accuracy rule — the relative change of each flow's mean distance to GD and of its loss-prediction error
 against a tight Dormand-Prince solve (rtol 1e-10) — on the demo, reference-mlp, the configs/results networks and
 the toys of science.md §5.
@@ -30,9 +31,12 @@ from rodflow.linalg.eigs import top_eigs  # noqa: E402
 ROOT = Path(__file__).resolve().parent.parent
 TIGHT = {"rod_flow": dict(integrator="dopri", rtol=1e-10, atol=1e-12, rod_rtol=1e-7),
          "gradient_flow": dict(integrator="dopri", rtol=1e-10, atol=1e-12)}
-# RODFLOW_BENCH_RKC="rod_flow.rtol=1e-5,gradient_flow.rtol=1e-4": rkc options other than the defaults
+INTEGRATORS = ("srk4", "rkc", "dopri")
+DEFAULT = INTEGRATORS[0]
+# RODFLOW_BENCH_OPTS="rod_flow.rtol=1e-3,gradient_flow.rtol=1e-4": options of the default integrator other than
+# its defaults (the tolerance search of docs/performance.md)
 EXTRA: dict = {}
-for _item in filter(None, os.environ.get("RODFLOW_BENCH_RKC", "").split(",")):
+for _item in filter(None, os.environ.get("RODFLOW_BENCH_OPTS", "").split(",")):
     _key, _value = _item.split("=")
     _m, _opt = _key.split(".")
     EXTRA.setdefault(_m, {})[_opt] = float(_value)
@@ -130,8 +134,8 @@ def measure(name: str, make_case) -> list[dict]:
     for method in ("rod_flow", "gradient_flow"):
         tight = run_flow(p, lr, steps, method, **TIGHT[method])
         d0, e0 = accuracy(p, W, L, tight["states"], method)
-        for integ in ("rkc", "dopri"):
-            extra = EXTRA.get(method, {}) if integ == "rkc" else {}
+        for integ in INTEGRATORS:
+            extra = EXTRA.get(method, {}) if integ == DEFAULT else {}
             r = run_flow(p, lr, steps, method, integrator=integ, **extra)
             d, e = accuracy(p, W, L, r["states"], method)
             rows.append(dict(case=name, d=p.d, steps=steps, method=method, integrator=integ, status=r["status"],
@@ -142,8 +146,8 @@ def measure(name: str, make_case) -> list[dict]:
 
 
 def summary_rows(frame: pd.DataFrame) -> list[dict]:
-    """The issue's table: worst case over the cases for the default integrator (rkc)."""
-    rk = frame[frame.integrator == "rkc"]
+    """The issue's table: worst case over the cases for the default integrator (srk4)."""
+    rk = frame[frame.integrator == DEFAULT]
     rod, gf = rk[rk.method == "rod_flow"], rk[rk.method == "gradient_flow"]
     demo = rod[rod.case == "demo"]
     worst = lambda s: float(s.abs().max()) if len(s) else np.nan  # noqa: E731

@@ -23,6 +23,8 @@ from rodflow.processes.gradient_flow import default_tolerances
 
 EPS32 = torch.finfo(torch.float32).eps
 TOL32 = default_tol(torch.float32)
+# the flows' float32-vs-float64 bound unit: rkc's float32 rtol; with the default srk4 (rtol 3e-4, fourth order) the
+# measured differences are 3.2e-5 (gradient flow) and 1.8e-7 (rod flow), inside 10x this
 RTOL32 = default_tolerances(torch.float32, "rkc")[0]
 
 NETWORKS = [
