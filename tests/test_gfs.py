@@ -346,11 +346,12 @@ def test_cli_run_and_gfs_command_record_phi_on_real_data(tmp_path, capsys):
     assert len(table) == 2 and (table["gfs_converged"] == 1).all()
 
 
-def test_chebyshev_integrator_option_matches_the_dual():
+@pytest.mark.parametrize("integrator", ["rkc", "srk4"])
+def test_stabilized_integrator_options_match_the_dual(integrator):
     p = problems.make("squared-regression")
     exact = gfs_sharpness(p)
-    rkc = gfs_sharpness(p, method="numerical", integrator="rkc")
-    assert rkc.converged and abs(rkc.sharpness - exact.sharpness) <= 1e-4 * exact.sharpness
+    res = gfs_sharpness(p, method="numerical", integrator=integrator)
+    assert res.converged and abs(res.sharpness - exact.sharpness) <= 1e-4 * exact.sharpness
     with pytest.raises(RodflowError, match="unknown GFS integrator 'rk4'"):
         gfs_sharpness(p, integrator="rk4")
 
@@ -483,13 +484,18 @@ def test_gauss_newton_gives_up_and_waits_for_a_tenfold_lower_loss(monkeypatch):
     assert p.counts.jvps == before  # not tried again at the same loss: no LSQR work
 
 
-def test_rkc_error_includes_its_check_solve_and_bounds_the_true_error(monkeypatch):
+@pytest.mark.parametrize("integrator", ["rkc", "srk4"])
+def test_stabilized_error_includes_its_check_solve_and_bounds_the_true_error(monkeypatch, integrator):
     import rodflow.gfs as G
 
     torch.set_num_threads(1)
     p = tiny_cnn()
     tight = gfs_sharpness(p, tol=1e-8)
-    res = gfs_sharpness(p, integrator="rkc")
+    built = []
+    monkeypatch.setitem(G.STABILIZED, integrator,
+                        lambda *a, cls=G.STABILIZED[integrator], **k: built.append(cls) or cls(*a, **k))
+    res = gfs_sharpness(p, integrator=integrator)
+    assert built  # the stiff part of the flow was integrated by the stabilised method
     assert res.converged and abs(res.sharpness - tight.sharpness) <= res.error
     # the check solve runs at 10x looser tolerances and its change of φ is added to the error
     calls = []
@@ -503,7 +509,7 @@ def test_rkc_error_includes_its_check_solve_and_bounds_the_true_error(monkeypatc
         return out
 
     monkeypatch.setattr(G, "_numerical", spy)
-    shifted = gfs_sharpness(p, integrator="rkc")
+    shifted = gfs_sharpness(p, integrator=integrator)
     assert calls == [1.0, G.RKC_CHECK]
     assert shifted.sharpness == pytest.approx(res.sharpness, abs=1e-12)
     assert shifted.error >= 0.01
@@ -516,7 +522,7 @@ def test_rkc_error_includes_its_check_solve_and_bounds_the_true_error(monkeypatc
         return out
 
     monkeypatch.setattr(G, "_numerical", failing)
-    unchecked = gfs_sharpness(p, integrator="rkc")
+    unchecked = gfs_sharpness(p, integrator=integrator)
     assert math.isnan(unchecked.sharpness) and "check solve failed" in unchecked.reason
 
 

@@ -56,12 +56,12 @@ def test_table_rows_are_fourth_order_with_a_third_order_estimate_and_a_damped_in
         integ.f = lambda y, x=x: x * y
         integ.y = torch.ones(1, dtype=F64)
         integ.fy = integ.f(integ.y)
-        y1, _, _ = integ._attempt(1.0, m)
+        y1, _, _ = integ._step(1.0, m)
         assert abs(float(y1)) <= 0.95 + 0.05 * math.exp(x) + 1e-9, (m, x, float(y1))
     integ.f = lambda y: -1.5 * ROWS[m]["beta"] * y
     integ.y = torch.ones(1, dtype=F64)
     integ.fy = integ.f(integ.y)
-    assert abs(float(integ._attempt(1.0, m)[0])) > 1.0
+    assert abs(float(integ._step(1.0, m)[0])) > 1.0
 
 
 def test_stage_choice_covers_the_step():
@@ -85,7 +85,7 @@ def _fixed_steps(f, y0, h, T, m):
     y, fy = y0.clone(), f(y0)
     for _ in range(round(T / h)):
         integ.y, integ.fy = y, fy
-        y, fy, _ = integ._attempt(h, m)
+        y, fy, _ = integ._step(h, m)
     return y
 
 

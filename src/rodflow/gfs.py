@@ -20,8 +20,9 @@ Solvers, chosen automatically from ``problem.extras``:
   ``a = a0 ⊙ exp(z)``, ``b = b0 ⊙ exp(−z)``, ``z = Xᵀc`` (``u_i² − v_i²`` is conserved);
   ``F(c) = Σ_j (a0_j² e^{2z_j} + b0_j² e^{−2z_j})/8 − yᵀc`` and ``φ = (1/n) λ_max(X diag(u² + v²) Xᵀ)``.
 - ``numerical`` — any problem: adaptive Dormand-Prince on ``−∇L`` (the controller holds the step at the
-  stability limit ~3.3/S of the stiff flow; ``integrator="rkc"``: Dormand-Prince until that limit holds the
-  step, then Runge-Kutta-Chebyshev, cheaper on long stiff flows, solved a second time at 10× looser tolerances
+  stability limit ~3.3/S of the stiff flow; ``integrator="rkc"`` or ``"srk4"``: Dormand-Prince until that limit
+  holds the step, then Runge-Kutta-Chebyshev (or the fourth-order stabilised method), cheaper on long stiff
+  flows, solved a second time at 10× looser tolerances
   so that the integration error is part of ``error``), and every time ‖∇L‖ has fallen tenfold (or the work
   doubled) the
   flow's point is *projected* onto the minimisers: by Gauss-Newton when the loss is a least-squares residual
@@ -47,7 +48,7 @@ import numpy as np
 import torch
 
 from .errors import RodflowError
-from .integrators import ChebyshevRK, DormandPrince, IntegrationError
+from .integrators import ChebyshevRK, DormandPrince, IntegrationError, StabilizedRK4
 from .linalg.eigs import top_eigs
 from .problem import Problem
 from .runconfig import count, nonnegative_float, positive_float, seed_value
@@ -56,10 +57,11 @@ Tensor = torch.Tensor
 EPS = float(np.finfo(np.float64).eps)
 METHODS = ("auto", "exact", "numerical")
 # the gradient flow's integrator: Dormand-Prince 5(4) (default: at its stability limit its actual error is far
-# below tolerance) or "rkc": Dormand-Prince until its step is stability-limited, then second-order
-# Runge-Kutta-Chebyshev (fewer gradients on long stiff flows), solved twice (tolerances 10x apart) so that its
-# integration error enters the reported error (docs/gfs.md)
-INTEGRATORS = ("dopri", "rkc")
+# below tolerance) or "rkc" / "srk4": Dormand-Prince until its step is stability-limited, then second-order
+# Runge-Kutta-Chebyshev / the fourth-order stabilised method (fewer gradients on long stiff flows), solved twice
+# (tolerances 10x apart) so that its integration error enters the reported error (docs/gfs.md)
+INTEGRATORS = ("dopri", "rkc", "srk4")
+STABILIZED = {"rkc": ChebyshevRK, "srk4": StabilizedRK4}
 
 
 @dataclasses.dataclass
@@ -95,8 +97,8 @@ class GFSResult:
 
 @dataclasses.dataclass
 class GFSOptions:
-    """Numerical-solver options. ``tol``: target relative error of φ; ``integrator``: "dopri" or "rkc" (see
-    ``INTEGRATORS``); ``rtol``/``atol``: its local error tolerances (``atol`` relative to max(1, ‖w‖/√d));
+    """Numerical-solver options. ``tol``: target relative error of φ; ``integrator``: "dopri", "rkc" or "srk4"
+    (see ``INTEGRATORS``); ``rtol``/``atol``: its local error tolerances (``atol`` relative to max(1, ‖w‖/√d));
     ``max_grad_evals``: budget, after which φ is NaN; ``lsqr_maxiter``: LSQR iterations per Gauss-Newton step."""
 
     method: str = "auto"
@@ -198,7 +200,7 @@ class GFSSolver:
                     res = _numerical(self.problem, w, self)
             else:
                 res = _numerical(self.problem, w, self)
-                if self.options.integrator == "rkc" and res.converged:
+                if self.options.integrator in STABILIZED and res.converged:
                     res = _checked(self.problem, w, self, res)
         res.grad_evals = spent.grad_evals
         res.hvps = spent.hvps
@@ -551,9 +553,10 @@ def _numerical(problem: Problem, w: Tensor, solver: GFSSolver, loosen: float = 1
         if gn <= next_try or used >= max(2 * last_try, last_try + 200):
             last_try = used
             cand = _project(problem, x, g, solver, floor, r_floor, gn_state)
-            if opts.integrator == "rkc" and isinstance(ode, DormandPrince) and ode.h * gn_state["S"] >= 2.0:
-                ode = ChebyshevRK(lambda y: -problem.grad(y), x, lambda y: _radius(problem, y, solver), rtol=rtol,
-                                  atol=atol, t0=ode.t)
+            if opts.integrator in STABILIZED and isinstance(ode, DormandPrince) and ode.h * gn_state["S"] >= 2.0:
+                extra = {"dense_output": False} if opts.integrator == "srk4" else {}
+                ode = STABILIZED[opts.integrator](lambda y: -problem.grad(y), x, lambda y: _radius(problem, y, solver),
+                                                  rtol=rtol, atol=atol, t0=ode.t, **extra)
             if cand is not None:
                 # one projection is trusted alone only if it did not move (the flow point is a minimiser to
                 # working precision): |S(projection) − S(flow point)| is no bound on φ's error (measured: 1.2e-3
