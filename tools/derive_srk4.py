@@ -19,8 +19,9 @@ number computed here, in three steps per m = 0..M (s = m + 4 stages; m = 0 is th
    starts); of the local minima within 10% of the best residual, the one with the best error estimate (3.).
 3. **Error estimate.** An embedded third-order solution uses the finishing stages and f(y₁) (first same as
    last): 4 order-3 conditions on 5 weights leave one parameter, chosen on a grid to make the error function
-   E = R − R̂ smallest on the stiff part x ≤ min(−2, −0.75β) of the interval while the embedded method's order-4 residuals
-   keep a norm at least that of the main method's order-5 residuals (so the estimate does not under-read).
+   E = R − R̂ smallest on the stiff part x ≤ min(−2, −0.75β) of the interval while the embedded method's
+   order-4 residuals keep a norm at least that of the main method's order-5 residuals (so the estimate does
+   not under-read).
 
 Every row is checked before it is written: order conditions to 1e-13, R from the tableau equal to P·W, the
 damping bound on a 20 001-point grid, the embedded order 3. The tests re-check the written table.

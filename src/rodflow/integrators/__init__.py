@@ -1,8 +1,8 @@
 """ODE integration for the flows (time in GD steps), laid out as in diffrax: the vector field belongs to a
-process; here are the solvers (``dopri``: Dormand-Prince 5(4); ``rkc``: damped Runge-Kutta-Chebyshev; ``srk4``: fourth-order
-stabilised Runge-Kutta), the
-stiffness estimate (``spectral``), dense output (``dense``) and error norms (``base.rms_norm``; rod flow adds
-its own). Every solver has ``advance_to(T)`` (dense output at any T past the last one asked for), ``step()``,
+process; here are the solvers (``dopri``: Dormand-Prince 5(4); ``rkc``: damped Runge-Kutta-Chebyshev;
+``srk4``: fourth-order stabilised Runge-Kutta; the last two share ``stabilized.Stabilized``), the stiffness
+estimate (``spectral``), dense output (``dense``) and error norms (``base.rms_norm``; rod flow adds its own).
+Every solver has ``advance_to(T)`` (dense output at any T past the last one asked for), ``step()``,
 ``t``/``y``/``fy``, ``nfev``/``naccept``/``nreject`` and ``state_dict``/``load_state_dict`` (exact resume).
 
 A new solver is one module here plus a line in ``SOLVERS``; a flow that takes ``integrator=`` gets it.
@@ -48,5 +48,5 @@ def make(name: str, field: VectorField, y0: Tensor, *, rtol: float, atol: float,
     raise RodflowError(f"unknown integrator {name!r}; choose one of {', '.join(SOLVERS)}")
 
 
-__all__ = ["ChebyshevRK", "DormandPrince", "StabilizedRK4", "IntegrationError", "SOLVERS", "check_name", "make", "rms_norm",
-           "_rkc_step"]
+__all__ = ["ChebyshevRK", "DormandPrince", "StabilizedRK4", "IntegrationError", "SOLVERS", "check_name", "make",
+           "rms_norm", "_rkc_step"]
