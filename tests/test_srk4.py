@@ -12,6 +12,7 @@ from rodflow import integrators, problems, processes
 from rodflow.integrators import DormandPrince, IntegrationError, StabilizedRK4
 from rodflow.integrators.dense import hermite5
 from rodflow.integrators.srk4 import BETAS, ROWS, stages_for
+from test_integrators import _linear_system  # y' = A y, symmetric A with rates 0.05..40, known solution
 
 F64 = torch.float64
 
@@ -69,15 +70,6 @@ def test_stage_choice_covers_the_step():
     assert stages_for(1e9) == len(BETAS) - 1
     assert all(b2 > b1 for b1, b2 in zip(BETAS, BETAS[1:]))
     assert BETAS[-1] / (len(BETAS) + 3) ** 2 > 0.34  # β ≈ 0.35 s² for the largest method
-
-
-def _linear_system():
-    gen = torch.Generator().manual_seed(3)
-    Q, _ = torch.linalg.qr(torch.randn(6, 6, generator=gen, dtype=F64))
-    lam = torch.tensor([0.05, 0.3, 1.0, 2.0, 5.0, 40.0], dtype=F64)
-    A = -(Q * lam) @ Q.T
-    y0 = torch.randn(6, generator=gen, dtype=F64)
-    return A, y0, (lambda t: Q @ (torch.exp(-lam * t) * (Q.T @ y0))), lam
 
 
 def _fixed_steps(f, y0, h, T, m):
