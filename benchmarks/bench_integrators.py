@@ -24,15 +24,15 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import torch  # noqa: E402
 
-from rodflow import problems, processes  # noqa: E402
+from rodflow import integrators, problems, processes  # noqa: E402
 from rodflow.compare import check_config, load_config  # noqa: E402
 from rodflow.linalg.eigs import top_eigs  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 TIGHT = {"rod_flow": dict(integrator="dopri", rtol=1e-10, atol=1e-12, rod_rtol=1e-7),
          "gradient_flow": dict(integrator="dopri", rtol=1e-10, atol=1e-12)}
-INTEGRATORS = ("srk4", "rkc", "dopri")
-DEFAULT = INTEGRATORS[0]
+DEFAULT = integrators.DEFAULT
+INTEGRATORS = (DEFAULT, *(name for name in integrators.SOLVERS if name != DEFAULT))
 # RODFLOW_BENCH_OPTS="rod_flow.rtol=1e-3,gradient_flow.rtol=1e-4": options of the default integrator other than
 # its defaults (the tolerance search of docs/performance.md)
 EXTRA: dict = {}

@@ -19,6 +19,8 @@ from .dopri import DormandPrince
 from .rkc import ChebyshevRK, _rkc_step
 from .srk4 import StabilizedRK4
 
+#: the flows' integrator unless an integrated momentum asks for ``dopri`` (``UpdateRule.flow_integrator``)
+DEFAULT = "srk4"
 #: name → what it is (shown in errors and ``rodflow methods``)
 SOLVERS = {
     "srk4": "fourth-order stabilised Runge-Kutta (4-20 stages), stages from a power-iteration stiffness estimate",
@@ -48,5 +50,5 @@ def make(name: str, field: VectorField, y0: Tensor, *, rtol: float, atol: float,
     raise RodflowError(f"unknown integrator {name!r}; choose one of {', '.join(SOLVERS)}")
 
 
-__all__ = ["ChebyshevRK", "DormandPrince", "StabilizedRK4", "IntegrationError", "SOLVERS", "check_name", "make",
-           "rms_norm", "_rkc_step"]
+__all__ = ["ChebyshevRK", "DEFAULT", "DormandPrince", "StabilizedRK4", "IntegrationError", "SOLVERS", "check_name",
+           "make", "rms_norm", "_rkc_step"]

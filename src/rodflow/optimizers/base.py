@@ -38,6 +38,7 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from .. import integrators
 from ..errors import RodflowError
 
 Tensor = torch.Tensor
@@ -127,7 +128,7 @@ class UpdateRule:
 
     def flow_integrator(self, integrated: tuple[str, ...]) -> str:
         """The default integrator of a flow that integrates the state entries ``integrated``."""
-        return "dopri" if any(k in self.fast for k in integrated) else "srk4"
+        return "dopri" if any(k in self.fast for k in integrated) else integrators.DEFAULT
 
     def flow_start(self, w: Tensor, g: Tensor) -> State:
         """The flows' state at time 0: the post-update state of the first step (``step`` = 1)."""

@@ -13,7 +13,6 @@ from ..errors import RodflowError
 from .base import Observation, Process, as_numpy, as_tensor, flatten_state, nest, unflatten_state, unnest
 from . import register
 
-DEFAULT_INTEGRATOR = "srk4"
 FAST_STATES = ("slaved", "ode")  # gradient flow's momentum entries: held at their fixed point, or integrated
 CONVENTIONS = ("centred", "post-update")  # what the stable flow's state at time t stands for
 # (rtol, atol) per integrator and dtype. dopri: tight (its cost is set by stability, not by the tolerance);
