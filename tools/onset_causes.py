@@ -1,0 +1,173 @@
+"""What sets rod flow's onset (issue 17, docs/rod_flow.md "What sets the onset"): the experiments behind that
+section, reproducible.
+
+    .venv/bin/python tools/onset_causes.py restart CASE K[,K...] [--init half|d4] [option=value ...]
+    .venv/bin/python tools/onset_causes.py amplitude CASE T EVERY [option=value ...]
+    .venv/bin/python tools/onset_causes.py precision CASE
+    .venv/bin/python tools/onset_causes.py toy
+
+CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to ``rod_flow``.
+
+- ``restart``: the rod started from GD's own state at step K instead of step 0 — centre (w_K + w_{K+1})/2,
+  half-vector (w_{K+1} − w_K)/2 (``--init half``) or GD's period-2 part only, minus its fourth difference / 16
+  at K (``--init d4``, K ≥ 2) — and its first loss spike (steps before K are GD's own two-step average).
+- ``amplitude``: along the top Hessian eigenvector, GD's period-2 amplitude (fourth and sixth differences of
+  its iterates, which cancel a drift up to cubic and quintic order) against |δ·u| of the rod (linear rate) and
+  of the ``gd-multiplier`` rod, each at its own top eigenvector, with ηλ₁ of each.
+- ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
+  oscillation starts ~20 nats higher in float32).
+- ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − x*_t) with ηλ_t rising through exactly 1 (that step erases the
+  history) and then 2, and a smooth moving target x*_t = sin(t/τ), in 16 and 60 significant digits (mpmath):
+  a period-2 oscillation grows from a level set by the moving target alone (not by rounding, not by the start).
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from rodflow import problems, processes
+from rodflow.compare import check_config, load_config
+from rodflow.linalg.eigs import top_eigs
+from rodflow.onset import first_spike_step, gd_oscillation, onset_step
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def load(case: str, dtype: str = "float64"):
+    """(problem, η, steps) of the demo or a configs/results case, η from its s0_fraction as `rodflow compare`."""
+    path = ROOT / "src/rodflow/configs/demo.toml" if case == "demo" else ROOT / f"configs/results/{case}.toml"
+    cfg = check_config(load_config(path))
+    p = problems.make(cfg["problem"], dtype=dtype, **cfg.get("params", {}))
+    if "lr" in cfg:
+        return p, float(cfg["lr"]), int(cfg["steps"])
+    p64 = p if dtype == "float64" else problems.make(cfg["problem"], **cfg.get("params", {}))
+    s0 = float(top_eigs(lambda V: p64.hvp_block(p64.w0, V), p64.d, 1, tol=1e-8).values[0])
+    return p, 2 * cfg["s0_fraction"] / s0, int(cfg["steps"])
+
+
+def gd(p, lr: float, steps: int):
+    """GD's iterates w_0..w_{steps} and losses L_0..L_{steps}."""
+    w, ws, losses = p.w0.clone(), [p.w0.clone()], []
+    for _ in range(steps + 1):
+        loss, g = p.loss_grad(w)
+        losses.append(float(loss))
+        w = w - lr * g
+        ws.append(w.clone())
+    return torch.stack(ws), np.array(losses)
+
+
+def fourth(W, t):
+    return (W[t - 2] - 4 * W[t - 1] + 6 * W[t] - 4 * W[t + 1] + W[t + 2]) / 16
+
+
+def sixth(W, t):
+    return (-W[t - 3] + 6 * W[t - 2] - 15 * W[t - 1] + 20 * W[t] - 15 * W[t + 1] + 6 * W[t + 2] - W[t + 3]) / 64
+
+
+def options(args: list[str]) -> dict:
+    out = {}
+    for kv in args:
+        key, value = kv.split("=", 1)
+        out[key] = {"True": True, "False": False}.get(value, value)
+    return out
+
+
+def restart(case: str, ks: list[int], init: str, opts: dict) -> None:
+    p, lr, steps = load(case)
+    W, L = gd(p, lr, steps + 2)
+    Lbar = 0.5 * (L[:-1] + L[1:])[:steps]
+    print(f"{case}: GD first spike {first_spike_step(Lbar)}; rod {opts or 'default'}, init {init}")
+    for k in ks:
+        rod = processes.make("rod_flow", p, lr, **opts)
+        delta = -fourth(W, k) if init == "d4" else 0.5 * (W[k + 1] - W[k])
+        rod.start_state(0.5 * (W[k] + W[k + 1]), delta)
+        pred = list(Lbar[:k])
+        for t in range(k, steps):
+            if t > k:
+                rod.advance()
+            c, d = rod.centre, rod.delta
+            pred.append(0.5 * (float(p.loss(c + d)) + float(p.loss(c - d))))
+        print(f"  started at step {k:4d}: first spike {first_spike_step(np.array(pred))}", flush=True)
+
+
+def amplitude(case: str, T: int, every: int, opts: dict) -> None:
+    p, lr, _ = load(case)
+    W, _ = gd(p, lr, T + 4)
+    rods = {}
+    for name, extra in (("linear", {}), ("gd-multiplier", {"rate": "gd-multiplier"})):
+        rod = processes.make("rod_flow", p, lr, **{**opts, **extra})
+        rod.start(p.w0)
+        path = [(rod.centre.clone(), rod.delta.clone())]
+        for _ in range(T):
+            rod.advance()
+            path.append((rod.centre.clone(), rod.delta.clone()))
+        rods[name] = path
+
+    def top(w):
+        e = top_eigs(lambda V: p.hvp_block(w, V), p.d, 1, tol=1e-9)
+        return lr * float(e.values[0]), e.vectors[:, 0]
+
+    print(f"{case}: step | GD ηλ₁, period-2 amplitude (4th / 6th difference) | rod ηλ₁, |δ·u| (linear) | (gd-multiplier)")
+    for t in range(3, T + 1, every):
+        s, u = top(0.5 * (W[t] + W[t + 1]))
+        line = f"{t:4d} | {s:.3f} {abs(float(fourth(W, t) @ u)):.2e} {abs(float(sixth(W, t) @ u)):.2e}"
+        for name in rods:
+            c, d = rods[name][t]
+            sr, ur = top(c)
+            line += f" | {sr:.3f} {abs(float(d @ ur)):.2e}"
+        print(line, flush=True)
+
+
+def precision(case: str) -> None:
+    for dtype in ("float64", "float32"):
+        p, lr, steps = load(case, dtype)
+        W, L = gd(p, torch.tensor(lr, dtype=p.w0.dtype), steps)
+        Lbar = 0.5 * (L[:-1] + L[1:])
+        osc = gd_oscillation(W.double().numpy())
+        print(f"{case} {dtype}: GD onset {onset_step(np.asarray(osc))}, first spike {first_spike_step(Lbar)}")
+
+
+def toy(T: int = 42) -> None:
+    import mpmath
+
+    def run(digits: int, tau: float | None) -> float:
+        mpmath.mp.dps = digits
+        x, xs = mpmath.mpf(0), [mpmath.mpf(0)]
+        for t in range(T + 4):
+            lam = 1 + mpmath.mpf("0.1") * (t - 10)  # ηλ_t: exactly 1 at t = 10 (the step erases all history), 2 at 20
+            target = mpmath.mpf(1) if tau is None else mpmath.sin(mpmath.mpf(t) / tau)
+            x = x - lam * (x - target)
+            xs.append(x)
+        return float(abs(sixth(xs, T)))
+
+    print(f"toy: GD's period-2 amplitude (6th difference) at step {T} (ηλ = {1 + 0.1 * (T - 10):.1f}) for a target")
+    print("sin(t/τ), in 16 and 60 significant digits")
+    for tau in (2, 4, 8, 12, None):
+        print(f"  τ = {'∞ (constant)' if tau is None else tau}: {run(16, tau):.3e} {run(60, tau):.3e}")
+
+
+if __name__ == "__main__":
+    torch.set_num_threads(1)
+    argv = sys.argv[1:]
+    if not argv:
+        sys.exit(__doc__)
+    cmd, rest = argv[0], argv[1:]
+    if cmd == "restart":
+        init = "half"
+        if "--init" in rest:
+            i = rest.index("--init")
+            init = rest[i + 1]
+            rest = rest[:i] + rest[i + 2:]
+        restart(rest[0], [int(k) for k in rest[1].split(",")], init, options(rest[2:]))
+    elif cmd == "amplitude":
+        amplitude(rest[0], int(rest[1]), int(rest[2]), options(rest[3:]))
+    elif cmd == "precision":
+        precision(rest[0])
+    elif cmd == "toy":
+        toy()
+    else:
+        sys.exit(f"unknown experiment {cmd!r}: choose restart, amplitude, precision or toy")
