@@ -16,9 +16,9 @@ CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to
   of the ``gd-multiplier`` rod, each at its own top eigenvector, with ηλ₁ of each.
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
-- ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − x*_t) with ηλ_t rising through exactly 1 (that step erases the
-  history) and then 2, and a smooth moving target x*_t = sin(t/τ), in 16 and 60 significant digits (mpmath):
-  a period-2 oscillation grows from a level set by the moving target alone (not by rounding, not by the start).
+- ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t = ηλ_0 + k·t rising
+  through 1 and 2, in 150 digits (mpmath): the period-2 amplitude it has at ηλ = 2 does not depend on the
+  start and falls like exp(−c/k), c ≈ 1.5–1.8 — a seed made by the drift while the sharpness rises.
 """
 
 from __future__ import annotations
@@ -131,23 +131,31 @@ def precision(case: str) -> None:
         print(f"{case} {dtype}: GD onset {onset_step(np.asarray(osc))}, first spike {first_spike_step(Lbar)}")
 
 
-def toy(T: int = 42) -> None:
+def toy() -> None:
+    import math
+
     import mpmath
 
-    def run(digits: int, tau: float | None) -> float:
-        mpmath.mp.dps = digits
-        x, xs = mpmath.mpf(0), [mpmath.mpf(0)]
-        for t in range(T + 4):
-            lam = 1 + mpmath.mpf("0.1") * (t - 10)  # ηλ_t: exactly 1 at t = 10 (the step erases all history), 2 at 20
-            target = mpmath.mpf(1) if tau is None else mpmath.sin(mpmath.mpf(t) / tau)
-            x = x - lam * (x - target)
-            xs.append(x)
-        return float(abs(sixth(xs, T)))
+    mpmath.mp.dps = 150  # exact enough that nothing below is rounding
 
-    print(f"toy: GD's period-2 amplitude (6th difference) at step {T} (ηλ = {1 + 0.1 * (T - 10):.1f}) for a target")
-    print("sin(t/τ), in 16 and 60 significant digits")
-    for tau in (2, 4, 8, 12, None):
-        print(f"  τ = {'∞ (constant)' if tau is None else tau}: {run(16, tau):.3e} {run(60, tau):.3e}")
+    def seed(k: str, lam0: str) -> float:
+        """ln of GD's period-2 amplitude at ηλ = 2, for a constant drift of 1 per step, ηλ_t = lam0 + k·t."""
+        kk, l0 = mpmath.mpf(k), mpmath.mpf(lam0)
+        t2, t3 = round((2 - float(l0)) / float(kk)), round((3 - float(l0)) / float(kk))
+        x, xs, lams = mpmath.mpf(0), [mpmath.mpf(0)], []
+        for t in range(t3 + 5):
+            lams.append(l0 + kk * t)
+            x = x - lams[-1] * (x - t)  # the target x*_t = t moves by 1 per step
+            xs.append(x)
+        amp = abs(sum(c * xs[t3 + j] for j, c in zip(range(-4, 5), (1, -8, 28, -56, 70, -56, 28, -8, 1)))) / 256
+        # back from ηλ = 3 to ηλ = 2 with GD's own multipliers (the 8th difference resolves it there)
+        return math.log(float(amp)) - sum(math.log(abs(1 - float(lams[t]))) for t in range(t2, t3))
+
+    print("toy: GD x_{t+1} = x_t − ηλ_t (x_t − t), ηλ_t = ηλ_0 + k·t, 150 digits: ln(period-2 amplitude at ηλ = 2)")
+    print("for starts ηλ_0 = 0.5 / 1.0 (the step at ηλ = 1 erases all history), and k times it")
+    for k in ("0.2", "0.125", "0.0625", "0.05"):
+        a, b = seed(k, "0.5"), seed(k, "1.0")
+        print(f"  k = {k}: {a:.2f} / {b:.2f}   k·ln = {float(k) * a:.3f}")
 
 
 if __name__ == "__main__":
