@@ -77,6 +77,10 @@ def options(args: list[str]) -> dict:
 
 
 def restart(case: str, ks: list[int], init: str, opts: dict) -> None:
+    if init not in ("half", "d4"):
+        sys.exit(f"--init {init!r}: choose half or d4")
+    if init == "d4" and min(ks) < 2:
+        sys.exit("--init d4 needs K >= 2 (the fourth difference uses w_{K-2} .. w_{K+2})")
     p, lr, steps = load(case)
     W, L = gd(p, lr, steps + 2)
     Lbar = 0.5 * (L[:-1] + L[1:])[:steps]
