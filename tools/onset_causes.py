@@ -3,6 +3,7 @@ section, reproducible.
 
     .venv/bin/python tools/onset_causes.py restart CASE K[,K...] [--init half|d4] [option=value ...]
     .venv/bin/python tools/onset_causes.py amplitude CASE T EVERY [option=value ...]
+    .venv/bin/python tools/onset_causes.py inject CASE K LEVEL [option=value ...]
     .venv/bin/python tools/onset_causes.py precision CASE
     .venv/bin/python tools/onset_causes.py toy
 
@@ -14,6 +15,8 @@ CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to
 - ``amplitude``: along the top Hessian eigenvector, GD's period-2 amplitude (fourth and sixth differences of
   its iterates, which cancel a drift up to cubic and quintic order) against |δ·u| of the rod (linear rate) and
   of the ``gd-multiplier`` rod, each at its own top eigenvector, with ηλ₁ of each.
+- ``inject``: the rod from step 0, with its δ along the top eigenvector of H(c) set to LEVEL at step K — what
+  a seed of GD's size at the crossing would change (first spike, distance to GD, loss error).
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
 - ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t = ηλ_0 + k·t rising
@@ -23,6 +26,7 @@ CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to
 
 from __future__ import annotations
 
+import math
 import sys
 from pathlib import Path
 
@@ -126,6 +130,37 @@ def amplitude(case: str, T: int, every: int, opts: dict) -> None:
         print(line, flush=True)
 
 
+def inject(case: str, K: int, level: float, opts: dict) -> None:
+    """The rod from step 0; at step K its δ along the top eigenvector u of H(c) is set to ``level`` (sign kept):
+    its first spike, mean distance to GD's midpoints and loss-prediction error with and without that seed."""
+    p, lr, steps = load(case)
+    W, L = gd(p, lr, steps + 2)
+    Lbar = 0.5 * (L[:-1] + L[1:])[:steps]
+    mids = 0.5 * (W[:-1] + W[1:])
+    print(f"{case}: GD first spike {first_spike_step(Lbar)}; rod {opts or 'default'}")
+    for seeded in (False, True):
+        rod = processes.make("rod_flow", p, lr, **opts)
+        rod.start(p.w0)
+        pred, dist = [], []
+        for t in range(steps):
+            if t:
+                rod.advance()
+            if seeded and t == K:  # a new rod from the seeded state, its clock at 0 from here
+                c, d = rod.centre.clone(), rod.delta.clone()
+                u = top_eigs(lambda V: p.hvp_block(c, V), p.d, 1, tol=1e-9).vectors[:, 0]
+                a = float(d @ u)
+                d = d + (math.copysign(level, a) - a) * u
+                rod = processes.make("rod_flow", p, lr, **opts)
+                rod.start_state(c, d)
+            c, d = rod.centre, rod.delta
+            pred.append(0.5 * (float(p.loss(c + d)) + float(p.loss(c - d))))
+            dist.append(float((c - mids[t]).norm()))
+        err = float(np.abs(np.array(pred) - Lbar).sum() / np.abs(Lbar).sum())
+        what = f"|δ·u| set to {level:g} at step {K}" if seeded else "as is"
+        print(f"  {what}: first spike {first_spike_step(np.array(pred))}, distance {np.mean(dist):.4f}, "
+              f"loss error {err:.4f}", flush=True)
+
+
 def precision(case: str) -> None:
     for dtype in ("float64", "float32"):
         p, lr, steps = load(case, dtype)
@@ -136,7 +171,6 @@ def precision(case: str) -> None:
 
 
 def toy() -> None:
-    import math
 
     import mpmath
 
@@ -177,9 +211,11 @@ if __name__ == "__main__":
         restart(rest[0], [int(k) for k in rest[1].split(",")], init, options(rest[2:]))
     elif cmd == "amplitude":
         amplitude(rest[0], int(rest[1]), int(rest[2]), options(rest[3:]))
+    elif cmd == "inject":
+        inject(rest[0], int(rest[1]), float(rest[2]), options(rest[3:]))
     elif cmd == "precision":
         precision(rest[0])
     elif cmd == "toy":
         toy()
     else:
-        sys.exit(f"unknown experiment {cmd!r}: choose restart, amplitude, precision or toy")
+        sys.exit(f"unknown experiment {cmd!r}: choose restart, amplitude, inject, precision or toy")
