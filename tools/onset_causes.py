@@ -19,9 +19,10 @@ CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to
   a seed of GD's size at the crossing would change (first spike, distance to GD, loss error).
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
-- ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t = ηλ_0 + k·t rising
-  through 1 and 2, in 150 digits (mpmath): the period-2 amplitude it has at ηλ = 2 does not depend on the
-  start and falls like exp(−c/k), c ≈ 1.5–1.8 — a seed made by the drift while the sharpness rises.
+- ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t rising through 1 and 2,
+  in 150 digits (mpmath): the period-2 amplitude it has at ηλ = 2 does not depend on the start; for a
+  constant rate k it falls like exp(−c/k), c ≈ 1.5–1.8; a kink in the rate between ηλ = 1 and 2 makes it
+  algebraically large — a seed made by the drift from the non-smoothness of GD's coefficients.
 """
 
 from __future__ import annotations
@@ -171,29 +172,35 @@ def precision(case: str) -> None:
 
 
 def toy() -> None:
-
     import mpmath
 
     mpmath.mp.dps = 150  # exact enough that nothing below is rounding
 
-    def seed(k: str, lam0: str) -> float:
-        """ln of GD's period-2 amplitude at ηλ = 2, for a constant drift of 1 per step, ηλ_t = lam0 + k·t."""
-        kk, l0 = mpmath.mpf(k), mpmath.mpf(lam0)
-        t2, t3 = round((2 - float(l0)) / float(kk)), round((3 - float(l0)) / float(kk))
-        x, xs, lams = mpmath.mpf(0), [mpmath.mpf(0)], []
-        for t in range(t3 + 5):
-            lams.append(l0 + kk * t)
-            x = x - lams[-1] * (x - t)  # the target x*_t = t moves by 1 per step
+    def seed(lam0: str, k1: str, k2: str | None = None, kink: str = "9") -> float:
+        """ln of GD's period-2 amplitude at ηλ = 2, for a drift of 1 per step (target x*_t = t) and ηλ_t rising
+        from lam0 by k1 per step (by k2 once ηλ ≥ kink), read at ηλ ≥ 3.5 by the 8th difference and carried
+        back to ηλ = 2 with GD's own multipliers |1 − ηλ_t|."""
+        a, b, split = mpmath.mpf(k1), mpmath.mpf(k2 or k1), mpmath.mpf(kink)
+        lams = [mpmath.mpf(lam0)]
+        while lams[-1] < 4.5:
+            lams.append(lams[-1] + (a if lams[-1] < split else b))
+        x, xs = mpmath.mpf(0), [mpmath.mpf(0)]
+        for t, lam in enumerate(lams):
+            x = x - lam * (x - t)
             xs.append(x)
+        t2 = next(t for t, lam in enumerate(lams) if lam >= 2)
+        t3 = next(t for t, lam in enumerate(lams) if lam >= 3.5)
         amp = abs(sum(c * xs[t3 + j] for j, c in zip(range(-4, 5), (1, -8, 28, -56, 70, -56, 28, -8, 1)))) / 256
-        # back from ηλ = 3 to ηλ = 2 with GD's own multipliers (the 8th difference resolves it there)
-        return math.log(float(amp)) - sum(math.log(abs(1 - float(lams[t]))) for t in range(t2, t3))
+        return float(mpmath.log(amp) - sum(mpmath.log(abs(1 - lams[t])) for t in range(t2, t3)))
 
-    print("toy: GD x_{t+1} = x_t − ηλ_t (x_t − t), ηλ_t = ηλ_0 + k·t, 150 digits: ln(period-2 amplitude at ηλ = 2)")
-    print("for starts ηλ_0 = 0.5 / 1.0 (the step at ηλ = 1 erases all history), and k times it")
+    print("toy: GD x_{t+1} = x_t − ηλ_t (x_t − t), 150 digits: ln(period-2 amplitude at ηλ = 2)")
+    print("constant sharpening rate k, from ηλ_0 = 0.5 / 1.0 (the step at ηλ = 1 erases all history):")
     for k in ("0.2", "0.125", "0.0625", "0.05"):
-        a, b = seed(k, "0.5"), seed(k, "1.0")
+        a, b = seed("0.5", k), seed("1.0", k)
         print(f"  k = {k}: {a:.2f} / {b:.2f}   k·ln = {float(k) * a:.3f}")
+    print("a kink: k = 0.05 then 0.125 (and 0.125 then 0.05) from ηλ ≈ 1.27 / 1.52 / 1.77 on:")
+    for kink in ("1.27", "1.52", "1.77"):
+        print(f"  at {kink}: {seed('0.5', '0.05', '0.125', kink):.2f} ({seed('0.5', '0.125', '0.05', kink):.2f})")
 
 
 if __name__ == "__main__":
