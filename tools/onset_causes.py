@@ -4,10 +4,12 @@ section, reproducible.
     .venv/bin/python tools/onset_causes.py restart CASE K[,K...] [--init half|d4] [option=value ...]
     .venv/bin/python tools/onset_causes.py amplitude CASE T EVERY [option=value ...]
     .venv/bin/python tools/onset_causes.py inject CASE K LEVEL [option=value ...]
+    .venv/bin/python tools/onset_causes.py fullcorr CASE
     .venv/bin/python tools/onset_causes.py precision CASE
     .venv/bin/python tools/onset_causes.py toy
 
-CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to ``rod_flow``.
+CASE is ``demo``, the stem of a ``configs/results/*.toml`` file, ``sharp-valley`` or ``self-stabilization`` (the
+onset tables' settings); options go to ``rod_flow``.
 
 - ``restart``: the rod started from GD's own state at step K instead of step 0 — centre (w_K + w_{K+1})/2,
   half-vector (w_{K+1} − w_K)/2 (``--init half``) or GD's period-2 part only, minus its fourth difference / 16
@@ -17,6 +19,8 @@ CASE is ``demo`` or the stem of a ``configs/results/*.toml`` file; options go to
   of the ``gd-multiplier`` rod, each at its own top eigenvector, with ηλ₁ of each.
 - ``inject``: the rod from step 0, with its δ along the top eigenvector of H(c) set to LEVEL at step K — what
   a seed of GD's size at the crossing would change (first spike, distance to GD, loss error).
+- ``fullcorr``: the default rod, ``correction=True`` and the full second-order modified equation of the
+  centre (``FullCorrectionRod``): first spike, distance, loss error, ηλ₁ of the centre at steps 3 and 40.
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
 - ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t rising through 1 and 2,
@@ -38,12 +42,22 @@ from rodflow import problems, processes
 from rodflow.compare import check_config, load_config
 from rodflow.linalg.eigs import top_eigs
 from rodflow.onset import first_spike_step, gd_oscillation, onset_step
+from rodflow.processes.rod_flow import RodFlow
 
 ROOT = Path(__file__).resolve().parent.parent
 
 
+#: the two toys of docs/rod_flow.md's onset tables: (problem parameters, η, steps)
+TOYS = {"sharp-valley": (dict(eps=0.03, w0=(0.1, 3.5)), 0.3, 750),
+        "self-stabilization": (dict(w0=(0.5, 15.0)), 0.1, 400)}
+
+
 def load(case: str, dtype: str = "float64"):
-    """(problem, η, steps) of the demo or a configs/results case, η from its s0_fraction as `rodflow compare`."""
+    """(problem, η, steps) of the demo, a configs/results case (η from its s0_fraction as `rodflow compare`) or
+    one of the two toys of the onset tables."""
+    if case in TOYS:
+        params, lr, steps = TOYS[case]
+        return problems.make(case, dtype=dtype, **params), lr, steps
     path = ROOT / "src/rodflow/configs/demo.toml" if case == "demo" else ROOT / f"configs/results/{case}.toml"
     cfg = check_config(load_config(path))
     p = problems.make(cfg["problem"], dtype=dtype, **cfg.get("params", {}))
@@ -162,6 +176,45 @@ def inject(case: str, K: int, level: float, opts: dict) -> None:
               f"loss error {err:.4f}", flush=True)
 
 
+class FullCorrectionRod(RodFlow):
+    """Rod flow with ``correction=True`` plus the δ-part of the centre's second-order modified equation: with
+    F, G the centre's and the half-vector's fields, the exact rod map is (c, δ) ↦ (c + F, δ + G), and the flow
+    whose time-1 map matches it to second order has dc/dt = F − ½(F_c F + F_δ G); ``correction=True`` is the
+    −½F_c F part, this adds −½F_δ G = (η/4)(H(c+δ) − H(c−δ)) G (two more HVPs per call). An experiment only."""
+
+    def field(self, t, y):
+        out = super().field(t, y)
+        c, delta, G = y[: self.d], y[self.d:], out[self.d:]
+        extra = (self.lr / 4.0) * (self.problem.hvp(c + delta, G) - self.problem.hvp(c - delta, G))
+        return torch.cat([out[: self.d] + extra, G])
+
+
+def fullcorr(case: str) -> None:
+    p, lr, steps = load(case)
+    W, L = gd(p, lr, steps + 2)
+    Lbar = 0.5 * (L[:-1] + L[1:])[:steps]
+    mids = 0.5 * (W[:-1] + W[1:])
+    print(f"{case}: GD first spike {first_spike_step(Lbar)}")
+    for name, make in (("default", lambda: RodFlow(p, lr)), ("correction=True", lambda: RodFlow(p, lr, correction=True)),
+                       ("full second-order centre", lambda: FullCorrectionRod(p, lr, correction=True))):
+        rod = make()
+        rod.start(p.w0)
+        pred, dist, sharp = [], [], {}
+        for t in range(steps):
+            if t:
+                rod.advance()
+            c, d = rod.centre, rod.delta
+            pred.append(0.5 * (float(p.loss(c + d)) + float(p.loss(c - d))))
+            dist.append(float((c - mids[t]).norm()))
+            if t in (3, 40) and p.d > 2:
+                sharp[t] = tuple(lr * float(top_eigs(lambda V: p.hvp_block(w, V), p.d, 1, tol=1e-9).values[0])
+                                 for w in (c, mids[t]))
+        err = float(np.abs(np.array(pred) - Lbar).sum() / np.abs(Lbar).sum())
+        lam = ", ".join(f"ηλ₁ at {t}: {a:.4f} (GD {b:.4f})" for t, (a, b) in sharp.items())
+        print(f"  {name}: first spike {first_spike_step(np.array(pred))}, distance {np.mean(dist):.4f}, "
+              f"loss error {err:.4f}" + (f"; {lam}" if lam else ""), flush=True)
+
+
 def precision(case: str) -> None:
     for dtype in ("float64", "float32"):
         p, lr, steps = load(case, dtype)
@@ -220,9 +273,11 @@ if __name__ == "__main__":
         amplitude(rest[0], int(rest[1]), int(rest[2]), options(rest[3:]))
     elif cmd == "inject":
         inject(rest[0], int(rest[1]), float(rest[2]), options(rest[3:]))
+    elif cmd == "fullcorr":
+        fullcorr(rest[0])
     elif cmd == "precision":
         precision(rest[0])
     elif cmd == "toy":
         toy()
     else:
-        sys.exit(f"unknown experiment {cmd!r}: choose restart, amplitude, inject, precision or toy")
+        sys.exit(f"unknown experiment {cmd!r}: choose restart, amplitude, inject, fullcorr, precision or toy")
