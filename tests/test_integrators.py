@@ -211,6 +211,26 @@ def test_rkc_fails_fast_on_a_field_that_turns_non_finite():
     assert len(calls) < 2000
 
 
+@pytest.mark.parametrize("name", ["srk4", "rkc", "dopri"])
+def test_a_flow_that_stiffens_without_bound_is_stopped_not_ground_through(name):
+    """u' = 1, v' = −e^u v: the stiffness e^u grows without bound while the state stays bounded (as in a rod whose
+    half-vector explodes while its centre does not). Every integrator stops with an IntegrationError once a unit
+    of time costs more than MAX_EVALS_PER_UNIT field evaluations, instead of grinding on."""
+    from rodflow.integrators.base import MAX_EVALS_PER_UNIT
+
+    def field(t, y):
+        return torch.stack([torch.ones_like(y[0]), -torch.exp(y[0]) * y[1]])
+
+    ode = integrators.make(name, field, torch.tensor([0.0, 1.0], dtype=F64), rtol=1e-6, atol=1e-9)
+    before, t = ode.nfev, 0
+    with pytest.raises(IntegrationError, match="stiffens without bound"):
+        for t in range(1, 40):
+            before = ode.nfev
+            ode.advance_to(float(t))
+    assert 5 < t < 30  # e^t passes every method's 10 000-evaluation reach between these
+    assert ode.nfev - before <= MAX_EVALS_PER_UNIT + 200  # stopped at the cap (plus at most one step's stages)
+
+
 def test_failed_integration_is_recorded_as_that_method_failing():
     # a loss that sends every process outward into a region where it is NaN (|w| > 3, reached near t = 11)
     def loss(w):

@@ -19,8 +19,8 @@ onset tables' settings); options go to ``rod_flow``.
   of the ``gd-multiplier`` rod, each at its own top eigenvector, with ηλ₁ of each.
 - ``inject``: the rod from step 0, with its δ along the top eigenvector of H(c) set to LEVEL at step K — what
   a seed of GD's size at the crossing would change (first spike, distance to GD, loss error).
-- ``fullcorr``: the default rod, ``correction=True`` and the full second-order modified equation of the
-  centre (``FullCorrectionRod``): first spike, distance, loss error, ηλ₁ of the centre at steps 3 and 40.
+- ``fullcorr``: the default rod, ``correction=True`` (the centre's −½F_c F) and ``correction="full"`` (also
+  −½F_δ G): first spike, distance, loss error, and ηλ₁ of the centre at steps 3 and 40 against GD's.
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
 - ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t rising through 1 and 2,
@@ -176,19 +176,6 @@ def inject(case: str, K: int, level: float, opts: dict) -> None:
               f"loss error {err:.4f}", flush=True)
 
 
-class FullCorrectionRod(RodFlow):
-    """Rod flow with ``correction=True`` plus the δ-part of the centre's second-order modified equation: with
-    F, G the centre's and the half-vector's fields, the exact rod map is (c, δ) ↦ (c + F, δ + G), and the flow
-    whose time-1 map matches it to second order has dc/dt = F − ½(F_c F + F_δ G); ``correction=True`` is the
-    −½F_c F part, this adds −½F_δ G = (η/4)(H(c+δ) − H(c−δ)) G (two more HVPs per call). An experiment only."""
-
-    def field(self, t, y):
-        out = super().field(t, y)
-        c, delta, G = y[: self.d], y[self.d:], out[self.d:]
-        extra = (self.lr / 4.0) * (self.problem.hvp(c + delta, G) - self.problem.hvp(c - delta, G))
-        return torch.cat([out[: self.d] + extra, G])
-
-
 def fullcorr(case: str) -> None:
     p, lr, steps = load(case)
     W, L = gd(p, lr, steps + 2)
@@ -196,7 +183,7 @@ def fullcorr(case: str) -> None:
     mids = 0.5 * (W[:-1] + W[1:])
     print(f"{case}: GD first spike {first_spike_step(Lbar)}")
     for name, make in (("default", lambda: RodFlow(p, lr)), ("correction=True", lambda: RodFlow(p, lr, correction=True)),
-                       ("full second-order centre", lambda: FullCorrectionRod(p, lr, correction=True))):
+                       ('correction="full"', lambda: RodFlow(p, lr, correction="full"))):
         rod = make()
         rod.start(p.w0)
         pred, dist, sharp = [], [], {}

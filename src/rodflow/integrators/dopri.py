@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import torch
 
-from .base import IntegrationError, Norm, Tensor, VectorField, restore, rms_norm, snapshot
+from .base import IntegrationError, Norm, Tensor, VectorField, check_work, restore, rms_norm, snapshot
 
 _C = (0.0, 1 / 5, 3 / 10, 4 / 5, 8 / 9, 1.0)
 _A = (
@@ -86,12 +86,13 @@ class DormandPrince:
     # ------------------------------------------------------------------------------------------------ api
     def advance_to(self, T: float) -> Tensor:
         """y(T) for T ≥ the last requested time; steps forward only as far as needed."""
-        steps = 0
+        steps, t0, nfev0 = 0, self.t, self.nfev
         while self.t < T:
             self._step()
             steps += 1
             if steps > self.max_steps_per_call:
                 raise IntegrationError(f"more than {self.max_steps_per_call} steps to reach t={T}")
+            check_work(self.nfev, nfev0, t0, self.t, T)
         if self.t == T or self._dense is None:
             return self.y.clone()
         t_prev, h_prev, coef = self._dense

@@ -12,7 +12,7 @@ from __future__ import annotations
 import math
 from typing import Callable
 
-from .base import IntegrationError, Norm, Tensor, restore, rms_norm, snapshot
+from .base import IntegrationError, Norm, Tensor, check_work, restore, rms_norm, snapshot
 from .dense import hermite
 from .spectral import PowerRadius
 
@@ -117,8 +117,10 @@ class Stabilized:
 
     def advance_to(self, T: float) -> Tensor:
         """y(T) for T ≥ the last requested time: steps forward only as far as needed, then interpolates."""
+        t0, nfev0 = self.t, self.nfev
         while self.t < T:
             self.step()
+            check_work(self.nfev, nfev0, t0, self.t, T, self.rho)
         if self.t == T or self._dense is None:
             return self.y.clone()
         t_prev, h_prev, y_prev, f_prev = self._dense
