@@ -114,8 +114,8 @@ class RodFlow(Process):
     also its δ-part −½F_δ G (G the half-vector's field; four HVPs per call): the centre's whole second-order
     modified equation of the exact rod map (c, δ) ↦ (c + F, δ + G) (docs/rod_flow.md: closer to GD on four of
     the five cases measured, twice as far on the self-stabilization toy); ``seed`` = "precision" models the
-    per-step rounding of GD
-    that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation), "none" turns it off;
+    per-step rounding of GD that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation),
+    "none" turns it off;
     ``rate`` = "gd-multiplier" replaces the radial rate ηs − 2 of δ (s: secant sharpness along δ) by GD's per-step
     log-multiplier ln|ηs − 1| (science.md §7), floored at −``max_decay`` near ηs = 1; "linear" (default) keeps
     the equations above.
