@@ -167,6 +167,7 @@ def test_full_correction_adds_the_half_vector_part_of_the_centres_modified_equat
     y = torch.cat([c, delta])
     centre = processes.make("rod_flow", prob, eta, correction=True).field(0.0, y)
     full = processes.make("rod_flow", prob, eta, correction="full").field(0.0, y)
+
     def hess(w):  # ½(y + x)x² − ε(x + y), by hand: [[y + 3x, x], [x, 0]]
         x, yy = float(w[0]), float(w[1])
         return torch.tensor([[yy + 3 * x, x], [x, 0.0]], dtype=torch.float64)
