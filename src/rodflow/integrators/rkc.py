@@ -29,7 +29,7 @@ class ChebyshevRK(Stabilized):
     """Adaptive RKC2 for an autonomous dy/dt = f(y). ``step()`` takes one accepted step; ``nfev`` counts calls
     of f (power iterations included); ``norm(err, y0, y1) <= 1`` accepts a step (default: mixed RMS norm)."""
 
-    order, estimate_power = 2, 3
+    estimate_power = 3
     grow, shrink = 10.0, 0.1
 
     def __init__(self, f: Callable[[Tensor], Tensor], y0: Tensor,

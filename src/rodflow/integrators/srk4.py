@@ -45,7 +45,7 @@ class StabilizedRK4(Stabilized):
     of the times ``advance_to`` will be asked for (t0 + k·grid; None: any), where the dense output's error is
     controlled; ``dense_output=False``: the caller only steps (no interpolant is read, none is checked)."""
 
-    order, estimate_power = 4, 4
+    estimate_power = 4
     grow, shrink = 5.0, 0.2
 
     def __init__(self, f: Callable[[Tensor], Tensor], y0: Tensor,

@@ -225,12 +225,13 @@ class RodFlow(Process):
                 sigma2 = self.seed_scale**2 * rounding_variance(c, delta, step)
                 dd = dd + (sigma2 / (2.0 * n2)) * delta
         dc = -0.5 * eta * gs
-        if self.correction == "full":  # −½(F_c F + F_δ G), F = −(η/2)gs, F_c = −(η/2)(H_+ + H_−), F_δ = −(η/2)(H_+ − H_−)
-            hp = self.problem.hvp_block(c + delta, torch.stack([gs, dd], dim=1))
-            hm = self.problem.hvp_block(c - delta, torch.stack([gs, dd], dim=1))
-            dc = dc - (eta * eta / 8.0) * (hp[:, 0] + hm[:, 0]) + (eta / 4.0) * (hp[:, 1] - hm[:, 1])
-        elif self.correction:
-            dc = dc - (eta * eta / 8.0) * (self.problem.hvp(c + delta, gs) + self.problem.hvp(c - delta, gs))
+        if self.correction:  # −½F_c F [− ½F_δ G]: F = −(η/2)gs, F_c = −(η/2)(H_+ + H_−), F_δ = −(η/2)(H_+ − H_−)
+            full = self.correction == "full"
+            V = torch.stack([gs, dd], dim=1) if full else gs[:, None]
+            hp, hm = self.problem.hvp_block(c + delta, V), self.problem.hvp_block(c - delta, V)
+            dc = dc - (eta * eta / 8.0) * (hp[:, 0] + hm[:, 0])
+            if full:
+                dc = dc + (eta / 4.0) * (hp[:, 1] - hm[:, 1])
         return torch.cat([dc, dd])
 
     def _rate_change(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float:
