@@ -207,6 +207,8 @@ def test_a_new_optimizer_in_a_few_lines_gets_gd_and_the_flows(ema_rule):
      "rate='gd-multiplier' models plain GD"),
     (dict(optimizer="adam", methods=("gd", "rod_flow"), options={"rod_flow": {"correction": "full"}}),
      "correction='full' models plain GD"),
+    (dict(optimizer="adam", methods=("gd", "rod_flow"), options={"rod_flow": {"correction": "both"}}),
+     "correction='both' models plain GD"),
     (dict(options={"gd": {"optimizer": "momentum"}}), "gd.optimizer is now the run's optimizer.*--optimizer"),
     (dict(optimizer_options=[1]), "optimizer_options must map"),
     (dict(methods=("gd", "rod_flow"), options={"rod_flow": {"rod_state": "all"}}), "rod_state must be one of"),

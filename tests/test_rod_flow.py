@@ -137,7 +137,7 @@ def test_rounding_variance_is_ulp_of_the_operands_along_the_rod():
 # ------------------------------------------------------------------------------------------ process
 def test_two_gradients_per_call_and_correction_costs_two_hvps():
     prob = problems.make("sharp-valley")
-    for correction, hvps in ((False, 0), (True, 2), ("full", 4)):
+    for correction, hvps in ((False, 0), (True, 2), ("full", 4), ("both", 4)):
         rf = processes.make("rod_flow", prob, 0.3, correction=correction)
         y = torch.cat([prob.w0, torch.tensor([0.01, 0.0], dtype=torch.float64)])
         with prob.counting() as spent:
@@ -182,6 +182,96 @@ def test_full_correction_adds_the_half_vector_part_of_the_centres_modified_equat
     assert torch.allclose(flipped[2:], -full[2:], rtol=1e-13, atol=1e-16)
 
 
+def test_both_correction_adds_the_half_vectors_own_modified_equation():
+    """correction="both": the centre as "full", and δ's field G − ½G_c F − ½G_δ G with G_c = (η/2)(H(c+δ) − H(c−δ)),
+    G_δ = (η/2)(H(c+δ) + H(c−δ)) − 2, checked against explicit Hessians on a loss with third derivatives; odd in δ."""
+    eta = 0.3
+    prob = problems.make("sharp-valley", eps=0.03)
+    c = torch.tensor([0.2, 3.0], dtype=torch.float64)
+    delta = torch.tensor([0.05, -0.02], dtype=torch.float64)
+    y = torch.cat([c, delta])
+    plain = processes.make("rod_flow", prob, eta, seed="none").field(0.0, y)
+    full = processes.make("rod_flow", prob, eta, seed="none", correction="full").field(0.0, y)
+    both = processes.make("rod_flow", prob, eta, seed="none", correction="both").field(0.0, y)
+
+    def hess(w):  # ½(y + x)x² − ε(x + y), by hand: [[y + 3x, x], [x, 0]]
+        x, yy = float(w[0]), float(w[1])
+        return torch.tensor([[yy + 3 * x, x], [x, 0.0]], dtype=torch.float64)
+
+    F, G = plain[:2], plain[2:]
+    Hp, Hm = hess(c + delta), hess(c - delta)
+    expected = G - 0.5 * (eta / 2.0) * (Hp - Hm) @ F - 0.5 * ((eta / 2.0) * (Hp + Hm) @ G - 2.0 * G)
+    assert torch.equal(both[:2], full[:2])
+    assert torch.allclose(both[2:], expected, rtol=1e-12, atol=1e-15)
+    assert (both[2:] - G).abs().max() > 1e-3  # the term is really there
+    flipped = processes.make("rod_flow", prob, eta, seed="none", correction="both").field(0.0, torch.cat([c, -delta]))
+    assert torch.allclose(flipped[:2], both[:2], rtol=1e-13, atol=1e-16)
+    assert torch.allclose(flipped[2:], -both[2:], rtol=1e-13, atol=1e-16)
+
+
+@pytest.mark.parametrize("eta_lam", [0.3, 1.0 + 1e-3, 1.5, 1.9, 2.0, 2.1, 3.0, 5.0])
+def test_both_correction_rate_of_a_mode_on_a_quadratic(eta_lam):
+    """On a quadratic, δ along an eigenvector with y = ηλ − 2: correction="both" gives δ the rate y − y²/2 (the
+    second-order truncation of GD's ln(1 + y): its sign is right for ηλ < 4, wrong beyond); with
+    rate="gd-multiplier" the rate is GD's per-step log-multiplier ln(ηλ − 1) exactly, both sides of 2/η, and
+    −max_decay where ηλ − 1 < e^−max_decay (ηλ ≤ 1: GD does not oscillate there). The centre does not move."""
+    eta, lam_other = 0.1, 4.0
+    lam = eta_lam / eta
+    prob = quadratic([lam, lam_other])
+    c = torch.zeros(2, dtype=torch.float64)
+    delta = torch.tensor([1e-3, 0.0], dtype=torch.float64)
+    y = torch.cat([c, delta])
+    yy = eta_lam - 2.0
+    both = processes.make("rod_flow", prob, eta, seed="none", correction="both").field(0.0, y)
+    assert float(both[2] / delta[0]) == pytest.approx(yy - 0.5 * yy * yy, rel=1e-10, abs=1e-12)
+    assert both[3] == 0.0 and torch.all(both[:2] == 0.0)
+    gdm = processes.make("rod_flow", prob, eta, seed="none", correction="both", rate="gd-multiplier").field(0.0, y)
+    expected = math.log(eta_lam - 1.0) if eta_lam - 1.0 > math.exp(-4.0) else -4.0
+    assert float(gdm[2] / delta[0]) == pytest.approx(expected, rel=1e-10, abs=1e-12)
+    assert (float(gdm[2]) > 0) == (eta_lam > 2.0)
+
+
+def test_both_correction_with_gd_multiplier_follows_gd_per_step_on_a_quadratic_mode():
+    """Integrated, the rod's δ along a mode of a quadratic changes by GD's multiplier |ηλ − 1| per step, below and
+    above the threshold (GD: period-2 amplitude × (ηλ − 1) each step)."""
+    eta = 0.1
+    for eta_lam in (1.8, 2.2):
+        prob = quadratic([eta_lam / eta, 3.0])
+        c = torch.zeros(2, dtype=torch.float64)
+        delta = torch.tensor([1e-4, 0.0], dtype=torch.float64)
+        rod = run_rod(prob, eta, 10, c=c, delta=delta, seed="none", correction="both", rate="gd-multiplier",
+                      rtol=1e-10, atol=1e-14, rod_rtol=1e-10)
+        assert rod["delta"][-1, 0] / 1e-4 == pytest.approx(abs(eta_lam - 1.0) ** 10, rel=1e-6)
+
+
+@pytest.mark.parametrize("rate", ["linear", "gd-multiplier"])
+def test_both_correction_keeps_the_quartic_period_two_orbit(rate):
+    S, Q, eta = 12.0, 1.0, 0.2
+    prob = problems.make("quartic", S=S, Q=Q, w0=0.01)
+    star = math.sqrt((S - 2 / eta) / Q)
+    rod = run_rod(prob, eta, 400, correction="both", rate=rate)
+    assert rod["rod_length"][-1] == pytest.approx(star, rel=1e-6)
+    assert abs(rod["centre"][-1, 0]) < 1e-6
+    assert rod["secant"][-1] == pytest.approx(2 / eta, rel=1e-6)
+
+
+def test_both_correction_enters_the_edge_of_stability_with_gd_on_the_self_stabilization_toy():
+    """The self-stabilization toy (w0 = (0.5, 15), η = 0.1), where correction="full" doubled the distance to GD: with
+    the whole rod's second-order equation the first loss spike and the onset come within one step of GD's (measured:
+    83 / 109 both; the default 80 / 98) and the mean distance to GD falls by more than half (0.48 against 2.02)."""
+    prob = problems.make("self-stabilization", w0=(0.5, 15.0))
+    out = {}
+    for opts in ({}, {"correction": "both"}):
+        res = simulate(prob, 0.1, 130, methods="gd,rod_flow", progress=False, sharpness_every=0,
+                       options={"rod_flow": opts})
+        out[bool(opts)] = res.summary().set_index("method")
+    gd, default, both = out[True].loc["gd"], out[False].loc["rod_flow"], out[True].loc["rod_flow"]
+    assert abs(both["first_spike_step"] - gd["first_spike_step"]) <= 1
+    assert abs(both["onset_step"] - gd["onset_step"]) <= 1
+    assert default["first_spike_step"] <= gd["first_spike_step"] - 5  # the default is early: the test can fail
+    assert both["dist_mean"] < 0.5 * default["dist_mean"]
+
+
 @pytest.mark.parametrize("seed", [0, 2])
 def test_full_correction_brings_the_centre_closer_to_gd_after_a_large_first_oscillation(seed):
     """A tiny MLP started at ηS₀ = 1.9 (GD oscillates hard from step 0, as on the demo): over 40 steps the centre's
@@ -223,7 +313,7 @@ def test_simulate_records_rod_outputs_and_ends_match_gd_iterates(tmp_path):
     assert not {"rod_length", "rod_centre"} & {p.stem for p in plot_run(without, tmp_path / "without")}
 
 
-@pytest.mark.parametrize("opts", [{}, dict(correction="full")])
+@pytest.mark.parametrize("opts", [{}, dict(correction="full"), dict(correction="both", rate="gd-multiplier")])
 def test_resume_from_state_dict_is_bit_identical(opts):
     prob = problems.make("sharp-valley")
     a = processes.make("rod_flow", prob, 0.3, **opts)

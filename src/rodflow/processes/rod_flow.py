@@ -3,8 +3,9 @@
 State ``y = (c, δ)``: rod centre and half-vector, ends ``c ± δ``, with ``g_± = ∇L(c ± δ)``:
 
     dc/dt = −(η/2)(g_+ + g_−)            [+ optional backward-error correction −(η²/8)(H_+ + H_−)(g_+ + g_−)
-                                          (+ (η/4)(H_+ − H_−) dδ/dt with correction="full")]
-    dδ/dt =  (η/2)(g_+ − g_−) − 2δ       [+ rounding seed (σ²/(2‖δ‖²)) δ]
+                                          (+ (η/4)(H_+ − H_−) G with correction="full" or "both")]
+    dδ/dt =  G = (η/2)(g_+ − g_−) − 2δ   [+ rounding seed (σ²/(2‖δ‖²)) δ]
+                                          [+ G − (η/4)(H_+ + H_−) G + (η²/8)(H_+ − H_−)(g_+ + g_−) with "both"]
     c(0) = (w_0 + w_1)/2,  δ(0) = (w_1 − w_0)/2
 
 Integrated by one of the shared integrators (``integrator="srk4"``, fourth-order stabilised Runge-Kutta, by
@@ -113,12 +114,16 @@ class RodFlow(Process):
     backward-error correction of the centre −½F_c F (F the centre's field; two HVPs per call), ``correction="full"``
     also its δ-part −½F_δ G (G the half-vector's field; four HVPs per call): the centre's whole second-order
     modified equation of the exact rod map (c, δ) ↦ (c + F, δ + G) (docs/rod_flow.md: closer to GD on four of
-    the five cases measured, twice as far on the self-stabilization toy); ``seed`` = "precision" models the
+    the five cases measured, twice as far on the self-stabilization toy); ``correction="both"`` the whole rod's:
+    the centre as "full" and δ's field G − ½(G_c F + G_δ G), from the same four HVPs — on a mode of a quadratic
+    δ's rate becomes y − y²/2 (y = ηλ − 2), GD's ln(1 + y) to second order; ``seed`` = "precision" models the
     per-step rounding of GD that re-seeds the oscillation (``seed_scale`` multiplies its standard deviation),
     "none" turns it off;
     ``rate`` = "gd-multiplier" replaces the radial rate ηs − 2 of δ (s: secant sharpness along δ) by GD's per-step
     log-multiplier ln|ηs − 1| (science.md §7), floored at −``max_decay`` near ηs = 1; "linear" (default) keeps
-    the equations above.
+    the equations above. With ``correction="both"`` "gd-multiplier" adds only what the second-order δ equation
+    lacks along δ, ln(ηs − 1) − (y − y²/2), and takes −``max_decay`` as the target wherever ηs − 1 < e^−max_decay
+    (at and below ηs = 1, where GD has no oscillation to keep).
 
     With another update rule (``optimizer``), the rod is the rod of the rule's step map F on z = (w, state)
     (science.md §6): ``rod_state="momentum"`` (default) gives the momentum entries a half-vector and carries the
@@ -161,8 +166,8 @@ class RodFlow(Process):
         if not (_number(self.rod_rtol) and math.isfinite(self.rod_rtol) and self.rod_rtol > 0):
             raise RodflowError(f"rod_flow rod_rtol must be a finite number > 0, got {rod_rtol!r}")
         self.rod_rtol = float(self.rod_rtol)
-        if not (isinstance(correction, bool) or correction == "full"):
-            raise RodflowError(f"rod_flow correction must be true, false or 'full', got {correction!r}")
+        if not (isinstance(correction, bool) or correction in ("full", "both")):
+            raise RodflowError(f"rod_flow correction must be true, false, 'full' or 'both', got {correction!r}")
         self.correction = correction
         if seed not in SEEDS:
             raise RodflowError(f"rod_flow seed must be one of {', '.join(SEEDS)}, got {seed!r}")
@@ -186,9 +191,9 @@ class RodFlow(Process):
             if rate != "linear":
                 raise RodflowError(f"rod_flow rate={rate!r} models plain GD; with optimizer {self.rule.name!r} use "
                                    "rate='linear'")
-            if correction == "full":
-                raise RodflowError(f"rod_flow correction='full' models plain GD; with optimizer {self.rule.name!r} use "
-                                   "correction=true")
+            if correction in ("full", "both"):
+                raise RodflowError(f"rod_flow correction={correction!r} models plain GD; with optimizer "
+                                   f"{self.rule.name!r} use correction=true")
             if rod_state == "none" and all(k in self.rule.smooth for k in self.keys):
                 raise RodflowError(f"rod_flow rod_state='none' takes the half-vector off momentum entries; optimizer "
                                    f"{self.rule.name!r} has none (drop the option)")
@@ -199,7 +204,7 @@ class RodFlow(Process):
     # ------------------------------------------------------------------------------------------- the ODE
     def field(self, t: float, y: torch.Tensor) -> torch.Tensor:
         """Right-hand side at state y = (c, δ): two gradient evaluations (+ two HVPs with correction, four with
-        correction="full")."""
+        correction="full" or "both")."""
         d, eta = self.d, self.lr
         c, delta = y[:d], y[d:]
         # A rod shorter than the resolution of its ends (c + δ == c − δ in floating point) has a secant of pure
@@ -215,24 +220,46 @@ class RodFlow(Process):
         gs = gp + gm
         if s != 1.0:
             gp, gm = 0.5 * gs + 0.5 * (gp - gm) / s, 0.5 * gs - 0.5 * (gp - gm) / s
-        dd = 0.5 * eta * (gp - gm) - 2.0 * delta
-        if self.rate == "gd-multiplier":
+        G = dd = 0.5 * eta * (gp - gm) - 2.0 * delta
+        both = self.correction == "both"
+        if self.rate == "gd-multiplier" and not both:
             dd = dd + self._rate_change(gp - gm, delta) * delta
+        seed = None
         if self.seed == "precision" and self.seed_scale > 0:
             n2 = delta.square().sum()
             if n2 > 0:
                 step = torch.maximum((eta * gp).abs(), (eta * gm).abs())
                 sigma2 = self.seed_scale**2 * rounding_variance(c, delta, step)
-                dd = dd + (sigma2 / (2.0 * n2)) * delta
+                seed = (sigma2 / (2.0 * n2)) * delta
+                if not both:
+                    dd = dd + seed
         dc = -0.5 * eta * gs
         if self.correction:  # −½F_c F [− ½F_δ G]: F = −(η/2)gs, F_c = −(η/2)(H_+ + H_−), F_δ = −(η/2)(H_+ − H_−)
-            full = self.correction == "full"
-            V = torch.stack([gs, dd], dim=1) if full else gs[:, None]
+            full = self.correction in ("full", "both")
+            V = torch.stack([gs, G if both else dd], dim=1) if full else gs[:, None]
             hp, hm = self.problem.hvp_block(c + delta, V), self.problem.hvp_block(c - delta, V)
             dc = dc - (eta * eta / 8.0) * (hp[:, 0] + hm[:, 0])
             if full:
                 dc = dc + (eta / 4.0) * (hp[:, 1] - hm[:, 1])
+            if both:  # G − ½G_c F − ½G_δ G: G_c = (η/2)(H_+ − H_−), G_δ = (η/2)(H_+ + H_−) − 2
+                dd = 2.0 * G + (eta * eta / 8.0) * (hp[:, 0] - hm[:, 0]) - (eta / 4.0) * (hp[:, 1] + hm[:, 1])
+                if self.rate == "gd-multiplier":
+                    dd = dd + self._rate_residual(gp - gm, delta) * delta
+                if seed is not None:
+                    dd = dd + seed
         return torch.cat([dc, dd])
+
+    def _rate_residual(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float:
+        """With correction="both": GD's per-step log-multiplier ln(ηs − 1) minus the radial rate y − y²/2 (y = ηs − 2)
+        that the second-order δ equation already has, for the secant sharpness s along δ (even in δ). Where ηs − 1
+        is below e^−max_decay — at ηs = 1, where GD removes an oscillation in one step, and below it, where GD does
+        not oscillate and δ is not an oscillation to keep — the target rate is −max_decay."""
+        n2 = float(delta.square().sum())
+        if n2 == 0:
+            return 0.0
+        y = self.lr * float(gdiff @ delta) / (2.0 * n2) - 2.0
+        target = math.log(1.0 + y) if 1.0 + y > math.exp(-self.max_decay) else -self.max_decay
+        return target - y + 0.5 * y * y
 
     def _rate_change(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float:
         """GD's per-step log-multiplier ln|ηs − 1| minus the rod's radial rate ηs − 2, for the secant sharpness
