@@ -163,7 +163,10 @@ def test_default_integrator_keeps_accuracy_within_one_percent_of_a_tight_solve(m
 
 
 def test_dopri_option_reproduces_the_previous_default_bit_for_bit():
-    # values recorded with the code before the integrator option existed (Dormand-Prince, rtol 1e-8)
+    # values recorded with the code before the integrator option existed (Dormand-Prince, rtol 1e-8): the same
+    # step sequence (the gradient count, exactly) and the same point to a few ulps — the last bit moved between two
+    # machines of this workplace with the same code (rod flow's y: 5.599733959032262 vs ...263), so it belongs to
+    # the CPU and its libraries' summation order, not to the integrator
     p = problems.make("sharp-valley")
     expected = {"rod_flow": ([0.0017855142228226661, 5.599733959032262], 2280),
                 "gradient_flow": ([0.0017856258638318243, 5.599383945251701], 1242)}
@@ -173,7 +176,8 @@ def test_dopri_option_reproduces_the_previous_default_bit_for_bit():
         with p.counting() as spent:
             for _ in range(200):
                 proc.advance()
-        assert proc.point().tolist() == point and spent.grad_evals == grads
+        assert spent.grad_evals == grads
+        assert proc.point().tolist() == pytest.approx(point, rel=4 * 2.0**-52, abs=0)
 
 
 @pytest.mark.parametrize("method", ["rod_flow", "gradient_flow"])
