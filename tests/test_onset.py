@@ -97,6 +97,29 @@ def test_rate_options_are_checked():
             rodflow.simulate(p, lr=0.1, steps=2, methods=["rod_flow"], options={"rod_flow": opts}, progress=False)
 
 
+@pytest.mark.parametrize("seed", [1, 2])
+def test_rod_onset_is_not_fired_by_a_collapsed_rod_wandering_at_its_rounding_level(seed):
+    """A tiny MLP at ηS₀ = 0.8 never reaches the edge of stability (GD: no onset in 100 steps); the rod collapses to
+    its rounding level by step ≈ 30 and wanders there in flat directions (ηs ≈ 0), its resolved length jumping by
+    100× (ungated onset 40–52 on seeds 0–3). The onset counts only where ηs ≥ 1: none."""
+    from rodflow.linalg.eigs import top_eigs
+
+    p = rodflow.problems.make("mlp-digits", n=40, classes=4, width=8, depth=2, seed=seed)
+    lr = 0.8 / float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9).values[0])
+    res = rodflow.simulate(p, lr, 100, methods="gd,rod_flow", progress=False, sharpness_every=0)
+    s = res.summary().set_index("method")
+    assert math.isnan(s.loc["gd", "onset_step"])
+    assert onset.onset_step(res.method("rod_flow")["rod_resolved_length"]) < 60  # what the ungated rule fires
+    assert math.isnan(s.loc["rod_flow", "onset_step"])
+
+
+def test_onset_step_counts_only_allowed_steps():
+    a = [1.0, 1e-3, 1e-6, 1e-3, 1e-2, 1.0]
+    assert onset.onset_step(a) == 3.0
+    assert onset.onset_step(a, allowed=[True, True, True, False, True, True]) == 4.0
+    assert math.isnan(onset.onset_step(a, allowed=[False] * 6))
+
+
 def test_gd_onset_ignores_rounding_flips_below_the_threshold():
     """GD on the sharp valley at η = 0.1 stays far below its threshold (sharpness 5.6 against 2/η = 20): its
     fourth difference is then the rounding of w (0.002–0.3 eps·‖w‖), which the running-floor rule took for an

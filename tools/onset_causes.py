@@ -64,7 +64,8 @@ def load(case: str, dtype: str = "float64"):
     if "lr" in cfg:
         return p, float(cfg["lr"]), int(cfg["steps"])
     p64 = p if dtype == "float64" else problems.make(cfg["problem"], **cfg.get("params", {}))
-    s0 = float(top_eigs(lambda V: p64.hvp_block(p64.w0, V), p64.d, 1, tol=1e-8).values[0])
+    s0 = float(top_eigs(lambda V: p64.hvp_block(p64.w0, V), p64.d, 1, tol=1e-8,
+                        generator=torch.Generator().manual_seed(0)).values[0])  # the same η, bit for bit, every run
     return p, 2 * cfg["s0_fraction"] / s0, int(cfg["steps"])
 
 

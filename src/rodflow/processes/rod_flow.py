@@ -139,6 +139,9 @@ class RodFlow(Process):
     #: above its rounding level; below it δ is not a measurement of anything (the integrators do not control it
     #: there: its error norm floors at eps·|c_i|, and its wander there had fired false onsets)
     oscillation_column = "rod_resolved_length"
+    #: an onset counts only where η × this column is ≥ 1: the rod open along a direction GD oscillates in
+    #: (``rodflow.onset``; plain GD only)
+    oscillation_gate = "secant_sharpness"
 
     def __init__(
         self,
