@@ -20,7 +20,8 @@ onset tables' settings); options go to ``rod_flow``.
 - ``inject``: the rod from step 0, with its δ along the top eigenvector of H(c) set to LEVEL at step K — what
   a seed of GD's size at the crossing would change (first spike, distance to GD, loss error).
 - ``fullcorr``: the default rod, ``correction=True`` (the centre's −½F_c F), ``correction="full"`` (also
-  −½F_δ G) and ``correction="both"`` (δ's −½(G_c F + G_δ G) too; alone and with ``gd-multiplier``): first spike, distance, loss error, and ηλ₁ of the centre at steps 3 and 40 against GD's.
+  −½F_δ G) and ``correction="both"`` (δ's −½(G_c F + G_δ G) too; alone and with ``gd-multiplier``): first
+  spike, distance, loss error, and ηλ₁ of the centre at steps 3 and 40 against GD's.
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
 - ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t rising through 1 and 2,

@@ -15,7 +15,7 @@ grows exponentially out of it. The oscillation is
   gate is ≥ 1 — the rod is then open along a direction in which GD oscillates (GD's multiplier 1 − ηλ < 0) —
   for plain GD (with another optimizer the threshold is the rule's, and the gate is off): a rod collapsed to
   its rounding level wanders there in GD's flat directions (ηs ≈ 0) and its resolved length jumps by 100×
-  without any oscillation (measured: onsets at 14–103 on MLPs where GD has none);
+  without any oscillation (measured: onsets at 14–180 on MLPs where GD has none);
 - for a process whose class names an ``edge_column`` (central flow: ``n_critical``), the first step where that
   column is ≥ 1 (the flow's constraint becomes active) is the onset itself;
 - none for the others (gradient flow): NaN.
