@@ -252,15 +252,20 @@ class RodFlow(Process):
                     dd = dd + seed
         return torch.cat([dc, dd])
 
+    def _eta_secant(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float | None:
+        """ηs, s = δᵀ(g_+ − g_−)/(2‖δ‖²) the secant sharpness along δ (even in δ); None for δ = 0."""
+        n2 = float(delta.square().sum())
+        return None if n2 == 0 else self.lr * float(gdiff @ delta) / (2.0 * n2)
+
     def _rate_residual(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float:
         """With correction="both": GD's per-step log-multiplier ln(ηs − 1) minus the radial rate y − y²/2 (y = ηs − 2)
         that the second-order δ equation already has, for the secant sharpness s along δ (even in δ). Where ηs − 1
         is below e^−max_decay — at ηs = 1, where GD removes an oscillation in one step, and below it, where GD does
         not oscillate and δ is not an oscillation to keep — the target rate is −max_decay."""
-        n2 = float(delta.square().sum())
-        if n2 == 0:
+        x = self._eta_secant(gdiff, delta)
+        if x is None:
             return 0.0
-        y = self.lr * float(gdiff @ delta) / (2.0 * n2) - 2.0
+        y = x - 2.0
         target = math.log(1.0 + y) if 1.0 + y > math.exp(-self.max_decay) else -self.max_decay
         return target - y + 0.5 * y * y
 
@@ -268,10 +273,9 @@ class RodFlow(Process):
         """GD's per-step log-multiplier ln|ηs − 1| minus the rod's radial rate ηs − 2, for the secant sharpness
         s = δᵀ(g_+ − g_−)/(2‖δ‖²) (even in δ: the term stays odd). ln|ηs − 1| → −∞ at ηs = 1, where GD removes
         the oscillation in one step: the rate is floored at −max_decay there (a decay e^−max_decay per step)."""
-        n2 = float(delta.square().sum())
-        if n2 == 0:
+        x = self._eta_secant(gdiff, delta)
+        if x is None:
             return 0.0
-        x = self.lr * float(gdiff @ delta) / (2.0 * n2)  # η s
         gap = abs(x - 1.0)
         rate = math.log(gap) if gap > 0 else -math.inf
         return max(rate, -self.max_decay) - (x - 2.0)
