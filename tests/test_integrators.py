@@ -247,3 +247,21 @@ def test_failed_integration_is_recorded_as_that_method_failing():
     for m in ("gradient_flow", "rod_flow"):
         assert res.status[m] != "ok", res.status
         assert res.method(m).index.max() >= 8  # what was computed before the failure is kept
+
+
+@pytest.mark.parametrize("name", ["srk4", "rkc", "dopri"])
+def test_field_changed_re_evaluates_the_field_at_the_current_point(name):
+    """A process that changes its field at a read time (rod flow's rate="gd-eigen") calls ``field_changed``: the next
+    step starts from the new field's value, not the cached old one, and the evaluation is counted."""
+    scale = [1.0]
+    ode = integrators.make(name, lambda t, y: -scale[0] * y, torch.ones(3, dtype=F64), rtol=1e-8, atol=1e-12)
+    ode.advance_to(1.0)
+    scale[0] = 2.0
+    n = ode.nfev
+    ode.field_changed()
+    assert ode.nfev == n + 1
+    assert torch.equal(ode.fy, -2.0 * ode.y)
+    y1 = ode.y.clone()
+    t1 = ode.t
+    out = ode.advance_to(3.0)
+    assert torch.allclose(out, y1 * math.exp(-2.0 * (3.0 - t1)), rtol=1e-5)

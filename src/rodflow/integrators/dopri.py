@@ -166,6 +166,11 @@ class DormandPrince:
         return [y0, r2, r3, r4, r5]
 
     # --------------------------------------------------------------------------------------- checkpoints
+    def field_changed(self) -> None:
+        """The field was changed from here on: re-evaluate it at the current point (the first stage of the next
+        step; one evaluation)."""
+        self.fy = self._f(self.t, self.y)
+
     def state_dict(self) -> dict:
         state = {
             "t": self.t,

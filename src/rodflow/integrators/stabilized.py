@@ -128,6 +128,11 @@ class Stabilized:
             raise IntegrationError(f"cannot go back to t={T}: the integrator is at t={t_prev}")
         return hermite(y_prev, f_prev, self.y, self.fy, h_prev, (T - t_prev) / h_prev)
 
+    def field_changed(self) -> None:
+        """The field was changed from here on (a process refreshed a parameter of it at a read time): re-evaluate
+        the field at the current point, which the next step starts from (one evaluation)."""
+        self.fy = self._f(self.y)
+
     # --------------------------------------------------------------------------------------- checkpoints
     def state_dict(self) -> dict:
         state = {"t": self.t, "y": snapshot(self.y), "fy": snapshot(self.fy), "h": self.h, "rho": self.rho,
