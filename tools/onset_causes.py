@@ -20,8 +20,8 @@ onset tables' settings); options go to ``rod_flow``.
 - ``inject``: the rod from step 0, with its δ along the top eigenvector of H(c) set to LEVEL at step K — what
   a seed of GD's size at the crossing would change (first spike, distance to GD, loss error).
 - ``fullcorr``: the default rod, ``correction=True`` (the centre's −½F_c F), ``correction="full"`` (also
-  −½F_δ G) and ``correction="both"`` (δ's −½(G_c F + G_δ G) too; alone and with ``gd-multiplier``): first
-  spike, distance, loss error, and ηλ₁ of the centre at steps 3 and 40 against GD's.
+  −½F_δ G) and ``correction="both"`` (δ's −½(G_c F + G_δ G) too; alone, with ``gd-multiplier`` and with
+  ``gd-eigen``): first spike, distance, loss error, and ηλ₁ of the centre at steps 3 and 40 against GD's.
 - ``precision``: GD's onset and first spike in float64 and float32 from the same start (a rounding-seeded
   oscillation starts ~20 nats higher in float32).
 - ``toy``: GD on x_{t+1} = x_t − ηλ_t (x_t − t) (a drift of 1 per step) with ηλ_t rising through 1 and 2,
@@ -187,7 +187,8 @@ def fullcorr(case: str) -> None:
     for name, make in (("default", lambda: RodFlow(p, lr)), ("correction=True", lambda: RodFlow(p, lr, correction=True)),
                        ('correction="full"', lambda: RodFlow(p, lr, correction="full")),
                        ('correction="both"', lambda: RodFlow(p, lr, correction="both")),
-                       ('"both" + gd-multiplier', lambda: RodFlow(p, lr, correction="both", rate="gd-multiplier"))):
+                       ('"both" + gd-multiplier', lambda: RodFlow(p, lr, correction="both", rate="gd-multiplier")),
+                       ('"both" + gd-eigen', lambda: RodFlow(p, lr, correction="both", rate="gd-eigen"))):
         rod = make()
         rod.start(p.w0)
         pred, dist, sharp = [], [], {}

@@ -6,6 +6,7 @@ State ``y = (c, δ)``: rod centre and half-vector, ends ``c ± δ``, with ``g_±
                                           (+ (η/4)(H_+ − H_−) G with correction="full" or "both")]
     dδ/dt =  G = (η/2)(g_+ − g_−) − 2δ   [+ rounding seed (σ²/(2‖δ‖²)) δ]
                                           [+ G − (η/4)(H_+ + H_−) G + (η²/8)(H_+ − H_−)(g_+ + g_−) with "both"]
+                                          [+ Σ_i (ln(ηκ_i − 1) − rate_i) (u_iᵀδ) u_i with rate="gd-eigen"]
     c(0) = (w_0 + w_1)/2,  δ(0) = (w_1 − w_0)/2
 
 Integrated by one of the shared integrators (``integrator="srk4"``, fourth-order stabilised Runge-Kutta, by
@@ -129,7 +130,13 @@ class RodFlow(Process):
     log-multiplier ln|ηs − 1| (science.md §7), floored at −``max_decay`` near ηs = 1; "linear" (default) keeps
     the equations above. With ``correction="both"`` "gd-multiplier" adds only what the second-order δ equation
     lacks along δ, ln(ηs − 1) − (y − y²/2), and takes −``max_decay`` as the target wherever ηs − 1 < e^−max_decay
-    (at and below ηs = 1, where GD has no oscillation to keep).
+    (at and below ηs = 1, where GD has no oscillation to keep). ``rate`` = "gd-eigen" gives δ GD's
+    log-multiplier ln(ηκ − 1) along each of the top ``rate_eigs`` (default 3) Hessian eigenvectors of the centre
+    (LOBPCG to relative residual ``rate_tol``, default 1e-3, warm-started, once per GD step): added to the δ equation
+    along each, minus the rate it already has there, with κ the secant of δ's component there (the eigenvalue for a
+    short rod; 2/η on a period-2 orbit, which stays GD's); elsewhere δ keeps its equation's own rate. It is right
+    far above the threshold, where "both"'s y − y²/2 turns negative (ηλ > 4) and one radial scalar cannot serve a
+    δ that mixes directions (docs/rod_flow.md).
 
     With another update rule (``optimizer``), the rod is the rod of the rule's step map F on z = (w, state)
     (science.md §6): ``rod_state="momentum"`` (default) gives the momentum entries a half-vector and carries the
