@@ -137,3 +137,20 @@ def test_gpu_check_says_no_cuda_and_compares_on_the_cpu(tmp_path):
             assert r["iterate_rel_max"] == 0.0 and r["loss_pred_abs_max"] == 0.0
         else:  # float32: differences at float32's precision, not zero
             assert 0.0 < r["iterate_rel_max"] < 1e-3
+
+
+def test_rod_flow_gd_eigen_follows_the_problem_device_and_resumes(tmp_path, meta_default, killed_at_gd_step):
+    """rate="gd-eigen" runs an eigensolve every GD step inside the model: its tensors follow the problem's device,
+    and its eigenpairs are checkpointed, so a killed run resumes to the same numbers."""
+    problem = rodflow.problems.make("mlp-digits", device="cpu", n=16, classes=2, width=4, depth=1, loss="mse")
+    lr = 2.2 / float(rodflow.linalg.eigs.top_eigs(problem.hvp_operator(problem.w0), problem.d, 1).values[0])
+    kwargs = dict(lr=lr, steps=8, methods=["gd", "rod_flow"], sharpness_every=0, device="cpu", progress=False,
+                  options={"rod_flow": dict(correction="both", rate="gd-eigen", rate_eigs=2)})
+    ref = rodflow.simulate(problem, **kwargs)
+    assert all(s == "ok" for s in ref.status.values()), ref.status
+    out = tmp_path / "run"
+    with killed_at_gd_step(5):
+        rodflow.simulate(problem, out=out, checkpoint_every=2, **kwargs)
+    resumed = rodflow.resume(out)
+    cols = ["loss", "loss_pred", "rod_length", "rate_eig_failures"]
+    np.testing.assert_array_equal(ref.method("rod_flow")[cols].to_numpy(), resumed.method("rod_flow")[cols].to_numpy())

@@ -497,3 +497,39 @@ def test_gd_eigen_bad_options_fail_in_one_line():
         processes.make("rod_flow", p, 0.3, rate="gd-eigen", rate_tol=2.0)
     with pytest.raises(RodflowError, match="models plain GD"):
         processes.make("rod_flow", p, 0.3, rate="gd-eigen", optimizer="momentum")
+
+
+def test_gd_eigen_failed_eigensolves_reach_the_summary(monkeypatch):
+    import rodflow.processes.rod_flow as rf
+    from rodflow.linalg.eigs import top_eigs
+
+    prob = problems.make("sharp-valley")
+    opts = {"rod_flow": dict(correction="both", rate="gd-eigen")}
+    ok = simulate(prob, 0.3, 12, methods="gd,rod_flow", progress=False, sharpness_every=0, options=opts)
+    assert ok.summary().set_index("method").loc["rod_flow", "rate_eig_failures"] == 0
+
+    def unconverged(*args, **kwargs):
+        out = top_eigs(*args, **kwargs)
+        out.converged = False
+        return out
+
+    monkeypatch.setattr(rf, "top_eigs", unconverged)
+    bad = simulate(prob, 0.3, 12, methods="gd,rod_flow", progress=False, sharpness_every=0, options=opts)
+    summary = bad.summary().set_index("method")
+    assert summary.loc["rod_flow", "rate_eig_failures"] == 12  # the start and each of the 11 steps after it
+    assert np.isnan(summary.loc["gd"].get("rate_eig_failures", np.nan))
+
+
+def test_gd_eigen_float32_problem_gets_gd_rate_on_a_quadratic_mode():
+    """float32: the eigensolve's algebra runs in float64 on float32 HVPs; the tracked mode's rate is GD's to
+    float32 accuracy."""
+    eta, eta_lam = 0.1, 3.0
+    lam = torch.tensor([eta_lam / eta, 4.0, 1.0], dtype=torch.float32)
+    prob = Problem.from_loss(lambda w: 0.5 * (lam * w**2).sum(), torch.ones(3, dtype=torch.float32))
+    c = torch.zeros(3, dtype=torch.float32)
+    delta = torch.tensor([1e-2, 0.0, 0.0], dtype=torch.float32)
+    rod = processes.make("rod_flow", prob, eta, seed="none", correction="both", rate="gd-eigen", rate_eigs=1)
+    rod.start_state(c, delta)
+    f = rod.field(0.0, torch.cat([c, delta]))
+    assert f.dtype == torch.float32
+    assert float(f[3] / delta[0]) == pytest.approx(math.log(eta_lam - 1.0), rel=1e-5)

@@ -62,6 +62,10 @@ def summarize(result) -> pd.DataFrame:
                 row[col] = int(df[col].fillna(0).sum())
         if "eig_converged" in df:  # sharpness evaluations that did not converge (recorded as NaN)
             row["sharpness_nan"] = int((df["eig_converged"] == 0).sum())
+        if "rate_eig_failures" in df:  # rod flow rate="gd-eigen": eigensolves that did not converge (pairs kept)
+            failures = _last(df["rate_eig_failures"])
+            if np.isfinite(failures):
+                row["rate_eig_failures"] = int(failures)
         if "gfs_sharpness" in df and df["gfs_sharpness"].notna().any():
             from .gfs import monotonicity
 
@@ -97,5 +101,5 @@ def _last(series) -> float:
 def format_table(frame: pd.DataFrame) -> str:
     cols = [c for c in ("method", "status", "final_loss", "final_sharpness", "compared_to", "dist_mean",
                         "dist_max", "ends_dist_mean", "ends_dist_max", "loss_pred_err", "grad_evals_per_step", "hvps",
-                        "wall_s", "sharpness_nan", "onset_step", "first_spike_step", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
+                        "wall_s", "sharpness_nan", "rate_eig_failures", "onset_step", "first_spike_step", "final_gfs_sharpness", "gfs_evals", "gfs_nan", "gfs_increases") if c in frame]
     return frame[cols].to_string(index=False, float_format=lambda x: f"{x:.4g}")
