@@ -533,3 +533,80 @@ def test_gd_eigen_float32_problem_gets_gd_rate_on_a_quadratic_mode():
     f = rod.field(0.0, torch.cat([c, delta]))
     assert f.dtype == torch.float32
     assert float(f[3] / delta[0]) == pytest.approx(math.log(eta_lam - 1.0), rel=1e-5)
+
+
+# ------------------------------------------------------------------------- drift_seed (issue 17)
+def _drift_amplitude(v, k):
+    n = 1.0 / k
+    return v * math.sqrt(2.0 * math.pi * n) * math.exp(-2.0 * n)
+
+
+def _crossing_rod(p_u, **opts):
+    """A rod on a quadratic with ηλ₁ = 2.02 along u = e₀, told that one step earlier ηλ₁ was 1.90 and the centre
+    1e-3 behind along u: a crossing of 2 with k = 0.12 and a drift v = 1e-3 per step."""
+    eta = 0.1
+    prob = quadratic([20.2, 3.0])
+    c = torch.tensor([0.3, -0.2], dtype=torch.float64)
+    delta = torch.tensor([p_u, 1e-4], dtype=torch.float64)
+    rod = processes.make("rod_flow", prob, eta, seed="none", correction="both", rate="gd-eigen", rate_eigs=1,
+                         drift_seed=True, **opts)
+    rod.start_state(c, delta)
+    rod.last_eig = ([1.90], c - torch.tensor([1e-3, 0.0], dtype=torch.float64))
+    return rod
+
+
+@pytest.mark.parametrize("p_u", [0.0, 1e-15, -3e-12])
+def test_drift_seed_sets_gd_drift_made_amplitude_where_eta_lambda_crosses_two(p_u):
+    """At a crossing of ηλ_i = 2 the component of δ along u_i is raised to v·√(2πN)·e^−2N (N = 1/k), sign kept."""
+    rod = _crossing_rod(p_u)
+    assert rod._seed_from_drift()
+    amp = _drift_amplitude(1e-3, 2.02 - 1.90)
+    assert float(rod.delta[0]) == pytest.approx(math.copysign(amp, p_u) if p_u else amp, rel=1e-9)
+    assert float(rod.delta[1]) == 1e-4  # the other direction is untouched
+    assert rod.drift_seeds == 1 and rod.last_eig[0] == pytest.approx([2.02])
+
+
+def test_drift_seed_leaves_a_larger_component_and_non_crossings_alone():
+    rod = _crossing_rod(1e-6)  # already above the drift-made amplitude (4e-10)
+    y = rod.y.clone()
+    assert not rod._seed_from_drift() and torch.equal(rod.y, y)
+    rod = _crossing_rod(0.0)
+    rod.last_eig = ([2.01], rod.last_eig[1])  # no crossing: ηλ was above 2 already
+    y = rod.y.clone()
+    assert not rod._seed_from_drift() and torch.equal(rod.y, y) and rod.drift_seeds == 0
+
+
+def test_drift_seed_in_advance_restarts_the_integration_from_the_seeded_rod():
+    """Through ``advance``: the seeded component then changes by GD's multiplier ηλ − 1 = 1.02 over the step."""
+    rod = _crossing_rod(1e-15, rtol=1e-10, atol=1e-14, rod_rtol=1e-10)
+    rod.advance()  # from t = 0 no eigensolve and no crossing check: the seed comes at the next step
+    rod.last_eig = ([1.90], rod.centre.clone() - torch.tensor([1e-3, 0.0], dtype=torch.float64))
+    before = float(rod.delta[0])
+    rod.advance()
+    amp = _drift_amplitude(1e-3, 2.02 - 1.90)
+    assert rod.drift_seeds == 1 and abs(before) < amp
+    assert float(rod.delta[0]) == pytest.approx(amp * 1.02, rel=1e-6)
+    assert rod.observe().scalars["drift_seeds"] == 1.0
+
+
+def test_drift_seed_state_resumes_bit_identical_and_bad_options_fail():
+    p = _tiny_mlp(1)
+    from rodflow.linalg.eigs import top_eigs
+
+    lr = 1.9 / float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9).values[0])
+    opts = dict(correction="both", rate="gd-eigen", drift_seed=True)
+    a = processes.make("rod_flow", p, lr, **opts)
+    a.start(p.w0)
+    for _ in range(4):
+        a.advance()
+    b = processes.make("rod_flow", p, lr, **opts)
+    b.load_state_dict(a.state_dict())
+    assert b.last_eig[0] == a.last_eig[0] and torch.equal(b.last_eig[1], a.last_eig[1])
+    for _ in range(4):
+        a.advance()
+        b.advance()
+    assert torch.equal(a.y, b.y)
+    with pytest.raises(RodflowError, match="drift_seed needs the tracked eigenpairs"):
+        processes.make("rod_flow", p, lr, drift_seed=True)
+    with pytest.raises(RodflowError, match="drift_seed must be true or false"):
+        processes.make("rod_flow", p, lr, rate="gd-eigen", drift_seed="yes")

@@ -3,7 +3,8 @@ process; here are the solvers (``dopri``: Dormand-Prince 5(4); ``rkc``: damped R
 ``srk4``: fourth-order stabilised Runge-Kutta; the last two share ``stabilized.Stabilized``), the stiffness
 estimate (``spectral``), dense output (``dense``) and error norms (``base.rms_norm``; rod flow adds its own).
 Every solver has ``advance_to(T)`` (dense output at any T past the last one asked for), ``step()``,
-``field_changed()`` (the process changed its field from the current point on), ``t``/``y``/``fy``, ``nfev``/``naccept``/``nreject`` and ``state_dict``/``load_state_dict`` (exact resume).
+``field_changed()`` (the process changed its field from the current point on), ``t``/``y``/``fy``,
+``nfev``/``naccept``/``nreject`` and ``state_dict``/``load_state_dict`` (exact resume).
 
 A new solver is one module here plus a line in ``SOLVERS``; a flow that takes ``integrator=`` gets it.
 """

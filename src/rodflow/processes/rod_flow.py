@@ -47,7 +47,7 @@ ROD_STATES = ("momentum", "none")
 RATES = ("linear", "gd-multiplier", "gd-eigen")
 #: "gd-eigen": a component p_i of δ below this fraction of ‖δ‖ takes its curvature from the eigenvalue, above it from
 #: its own secant (measured: 0.01 and 0.1 give the same onset, spike, distance and loss error to 3 digits)
-EIGEN_BLEND = 0.1  # the δ equation's radial rate: ηs − 2 (default), or GD's ln|ηs − 1|
+EIGEN_BLEND = 0.1
 # rod_rtol per integrator: dopri keeps the tight value it always had; rkc's and srk4's come from the accuracy
 # rule (B2a; srk4 at 1e-2 moved the quartic's loss error by 5%)
 DEFAULT_ROD_RTOL = {"dopri": 1e-4, "rkc": 1e-3, "srk4": 1e-3}
@@ -172,6 +172,7 @@ class RodFlow(Process):
         max_decay: float = 4.0,
         rate_eigs: int | None = None,
         rate_tol: float | None = None,
+        drift_seed: bool = False,
         rod_state: str = "momentum",
         optimizer=None,
     ):
@@ -210,6 +211,13 @@ class RodFlow(Process):
             raise RodflowError(f"rod_flow rate_tol must be a number in (0, 1), got {rate_tol!r}")
         self.rate_tol = float(rate_tol)
         self.eig_basis, self.eig, self.eig_failures = None, None, 0
+        if not isinstance(drift_seed, bool):
+            raise RodflowError(f"rod_flow drift_seed must be true or false, got {drift_seed!r}")
+        if drift_seed and rate != "gd-eigen":
+            raise RodflowError("rod_flow drift_seed needs the tracked eigenpairs of rate='gd-eigen' (set it too)")
+        self.drift_seed = drift_seed
+        self.last_eig = None  # drift_seed: (ηλ_i, centre) at the previous GD step
+        self.drift_seeds = 0
         self.d = problem.d
         if rod_state not in ROD_STATES:
             raise RodflowError(f"rod_flow rod_state must be one of {', '.join(ROD_STATES)}, got {rod_state!r}")
@@ -314,6 +322,36 @@ class RodFlow(Process):
             return
         self.eig_basis = res.basis
         self.eig = (res.vectors, res.values)
+
+    def _seed_from_drift(self) -> bool:
+        """drift_seed: where a tracked ηλ_i has just crossed 2 from below (between the previous GD step and this
+        one), GD's period-2 amplitude made by its own drift: for a drift v per step along u_i and ηλ_i rising by k
+        per step (N = 1/k), the exact solution of the 1-D linear recurrence gives A = v·√(2πN)·e^−2N at ηλ = 2
+        (docs/rod_flow.md). δ's component along u_i is raised to A where it is smaller (its sign kept; + at 0);
+        the step's k is ηλ_i's change and v the centre's move along u_i over the last step. True if δ changed."""
+        c = self.y[: self.d]
+        U, lam = self.eig
+        now = (self.lr * lam).tolist()
+        last, self.last_eig = self.last_eig, (now, c.clone())
+        if last is None:
+            return False
+        before, c0 = last
+        changed = False
+        for i, (x0, x1) in enumerate(zip(before, now)):
+            k = x1 - x0
+            if not (x0 < 2.0 <= x1) or k <= 0:
+                continue
+            u = U[:, i]
+            v = abs(float(u @ (c - c0)))
+            N = 1.0 / k
+            amp = v * math.sqrt(2.0 * math.pi * N) * math.exp(-2.0 * N)
+            delta = self.y[self.d:]
+            p = float(u @ delta)
+            if abs(p) < amp:
+                self.y = torch.cat([c, delta + (math.copysign(amp, p) - p) * u])
+                self.drift_seeds += 1
+                changed = True
+        return changed
 
     def _eta_secant(self, gdiff: torch.Tensor, delta: torch.Tensor) -> float | None:
         """ηs, s = δᵀ(g_+ − g_−)/(2‖δ‖²) the secant sharpness along δ (even in δ); None for δ = 0."""
@@ -462,6 +500,8 @@ class RodFlow(Process):
         w1 = w0 - self.lr * g0
         self.y = torch.cat([0.5 * (w0 + w1), 0.5 * (w1 - w0)])
         self._refresh_eigs()
+        if self.drift_seed and self.eig is not None:
+            self._seed_from_drift()  # records time 0
         self.ode = self._integrator(self.y)
 
     def start_state(self, c: torch.Tensor, delta: torch.Tensor) -> None:
@@ -471,12 +511,17 @@ class RodFlow(Process):
         self.t = 0
         self.y = torch.cat([c, delta]).to(self.problem.dtype)
         self._refresh_eigs()
+        if self.drift_seed and self.eig is not None:
+            self._seed_from_drift()  # records time 0
         self.ode = self._integrator(self.y)
 
     def advance(self):
         if self.t > 0 and self.rate == "gd-eigen":  # new eigenpairs at the centre of this step
             self._refresh_eigs()
-            self.ode.field_changed()
+            if self.drift_seed and self.eig is not None and self._seed_from_drift():
+                self.ode = self._integrator(self.y, t0=float(self.t))  # δ was set: integrate on from the new rod
+            else:
+                self.ode.field_changed()
         self.t += 1
         self.y = self.ode.advance_to(float(self.t))
 
@@ -525,6 +570,7 @@ class RodFlow(Process):
                 "ode_nfev": float(self.ode.nfev),
                 "ode_naccept": float(self.ode.naccept),
                 **({"rate_eig_failures": float(self.eig_failures)} if self.rate == "gd-eigen" else {}),
+                **({"drift_seeds": float(self.drift_seeds)} if self.drift_seed else {}),
                 **extra,
             },
             estimates="midpoint", references={"midpoint": c, "iterate": c - sign * delta},
@@ -536,6 +582,10 @@ class RodFlow(Process):
         state = {"t": self.t, "y": as_numpy(self.y)}
         if self.keys:
             state["floors"] = np.array(self.floors)
+        if self.drift_seed:
+            state["drift_seeds"] = self.drift_seeds
+            if self.last_eig is not None:
+                state.update(drift_eta_lam=np.array(self.last_eig[0]), drift_centre=as_numpy(self.last_eig[1]))
         if self.rate == "gd-eigen":
             state["eig_failures"] = self.eig_failures
             if self.eig is not None:
@@ -550,6 +600,12 @@ class RodFlow(Process):
         if self.keys:
             self._sizes(self.y[: self.d])
             self.floors = [float(x) for x in state["floors"]]
+        if self.drift_seed:
+            self.drift_seeds = int(state["drift_seeds"])
+            self.last_eig = None
+            if "drift_centre" in state:
+                self.last_eig = ([float(x) for x in state["drift_eta_lam"]],
+                                 as_tensor(state["drift_centre"], self.problem.dtype, self.problem.device))
         if self.rate == "gd-eigen":
             self.eig_failures = int(state["eig_failures"])
             self.eig_basis, self.eig = None, None
