@@ -136,7 +136,10 @@ class RodFlow(Process):
     along each, minus the rate it already has there, with κ the secant of δ's component there (the eigenvalue for a
     short rod; 2/η on a period-2 orbit, which stays GD's); elsewhere δ keeps its equation's own rate. It is right
     far above the threshold, where "both"'s y − y²/2 turns negative (ηλ > 4) and one radial scalar cannot serve a
-    δ that mixes directions (docs/rod_flow.md).
+    δ that mixes directions (docs/rod_flow.md). ``drift_seed=True`` (with "gd-eigen") adds what GD makes of its
+    own drift and the rod cannot (its δ equation is homogeneous): where a tracked ηλ_i crosses 2 between two GD
+    steps, δ's component along u_i is raised to v·√(2πN)·e^−2N (v: the centre's move along u_i over the step,
+    N = 1/k, k: ηλ_i's rise over the step), GD's period-2 amplitude at ηλ = 2 in the 1-D linear model.
 
     With another update rule (``optimizer``), the rod is the rod of the rule's step map F on z = (w, state)
     (science.md §6): ``rod_state="momentum"`` (default) gives the momentum entries a half-vector and carries the
