@@ -94,6 +94,16 @@ def map_rod_norm(d: int, rod_sizes: list[int], aux_sizes: list[int], rtol: float
     return norm
 
 
+def drift_amplitude(v: float, k: float) -> float:
+    """GD's period-2 amplitude at ηλ = 2 made by its own drift (``drift_seed``): along a direction whose ηλ rises
+    by k per step (a step on ηλ = 1, N = 1/k steps to 2) while the minimiser moves by v per step, GD's linear
+    recurrence x_{t+1} = x_t − ηλ_t (x_t − m_t) has the period-2 part v·√(2πN)·e^−2N there — from its closed-form
+    solution, the e^−N part of a truncated exponential series times (N − 1)! k^(N−1) (Stirling); 120-digit runs
+    of the recurrence agree within 0.02 nats (tests). Beyond all orders in k: no smooth flow has it."""
+    n = 1.0 / k
+    return v * math.sqrt(2.0 * math.pi * n) * math.exp(-2.0 * n)
+
+
 def ulp(a: torch.Tensor) -> torch.Tensor:
     """Unit in the last place of each entry of ``a`` (0 where a = 0) in a's dtype."""
     _, e = torch.frexp(a)  # a = m 2^e, 0.5 <= |m| < 1
@@ -345,9 +355,7 @@ class RodFlow(Process):
             if not (x0 < 2.0 <= x1) or k <= 0:
                 continue
             u = U[:, i]
-            v = abs(float(u @ (c - c0)))
-            N = 1.0 / k
-            amp = v * math.sqrt(2.0 * math.pi * N) * math.exp(-2.0 * N)
+            amp = drift_amplitude(abs(float(u @ (c - c0))), k)
             delta = self.y[self.d:]
             p = float(u @ delta)
             if abs(p) < amp:
