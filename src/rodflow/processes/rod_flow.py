@@ -320,6 +320,11 @@ class RodFlow(Process):
                              torch.full_like(x, -self.max_decay))
         return U @ ((target - base) * p)
 
+    def _restart_tracking(self) -> None:
+        """A (re)started rod tracks from scratch, as a new process would (gd-eigen, drift_seed)."""
+        self.eig_basis, self.eig, self.eig_failures = None, None, 0
+        self.last_eig, self.drift_seeds = None, 0
+
     def _refresh_eigs(self) -> None:
         """rate="gd-eigen": the top ``rate_eigs`` eigenpairs of H at the current centre (LOBPCG warm-started from
         the last basis; rate_tol), used by the field until the next GD step. An eigensolve that does not converge
@@ -510,6 +515,7 @@ class RodFlow(Process):
         _, g0 = self.problem.loss_grad(w0)
         w1 = w0 - self.lr * g0
         self.y = torch.cat([0.5 * (w0 + w1), 0.5 * (w1 - w0)])
+        self._restart_tracking()
         self._refresh_eigs()
         if self.drift_seed and self.eig is not None:
             self._seed_from_drift()  # records time 0
@@ -521,6 +527,7 @@ class RodFlow(Process):
             raise RodflowError("rod_flow.start_state takes a rod of plain GD; start other optimizers with start(w0)")
         self.t = 0
         self.y = torch.cat([c, delta]).to(self.problem.dtype)
+        self._restart_tracking()
         self._refresh_eigs()
         if self.drift_seed and self.eig is not None:
             self._seed_from_drift()  # records time 0
