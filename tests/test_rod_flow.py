@@ -630,20 +630,3 @@ def test_drift_seed_law_is_gd_period_two_amplitude_on_the_1d_recurrence(k):
     from rodflow.processes.rod_flow import drift_amplitude
 
     assert amp == pytest.approx(math.log(drift_amplitude(1.0, k)), abs=0.02)
-
-
-@pytest.mark.parametrize("half", [0.5, 1.0, 1.5, 2.5])
-def test_gd_eigen_on_a_long_rod_gives_gd_secant_multiplier_not_a_formula_in_it(half):
-    """A long rod on the quartic (S = 12, Q = 1, η = 0.2), centre at 0: the ends' Hessians S − 3Qδ² differ from the
-    secant S − Qδ², and δ's rate along the tracked direction is GD's ln(ηs − 1) at the secant exactly — the part
-    of δ's equation linear in δ is replaced there, not corrected by a formula in s (which subtracted rates the
-    equation does not have and blew up a rod in a catapult)."""
-    S, Q, eta = 12.0, 1.0, 0.2
-    prob = problems.make("quartic", S=S, Q=Q, w0=0.01)
-    c, delta = torch.zeros(1, dtype=torch.float64), torch.tensor([half], dtype=torch.float64)
-    rod = processes.make("rod_flow", prob, eta, seed="none", correction="both", rate="gd-eigen", rate_eigs=1)
-    rod.start_state(c, delta)
-    f = rod.field(0.0, torch.cat([c, delta]))
-    secant = S - Q * half**2
-    assert float(f[0]) == 0.0
-    assert float(f[1]) == pytest.approx(_gd_rate(eta * secant) * half, rel=1e-12)
