@@ -223,14 +223,12 @@ class RodFlow(Process):
         if not (_number(rate_tol) and math.isfinite(rate_tol) and 0 < rate_tol < 1):
             raise RodflowError(f"rod_flow rate_tol must be a number in (0, 1), got {rate_tol!r}")
         self.rate_tol = float(rate_tol)
-        self.eig_basis, self.eig, self.eig_failures = None, None, 0
         if not isinstance(drift_seed, bool):
             raise RodflowError(f"rod_flow drift_seed must be true or false, got {drift_seed!r}")
         if drift_seed and rate != "gd-eigen":
             raise RodflowError("rod_flow drift_seed needs the tracked eigenpairs of rate='gd-eigen' (set it too)")
         self.drift_seed = drift_seed
-        self.last_eig = None  # drift_seed: (ηλ_i, centre) at the previous GD step
-        self.drift_seeds = 0
+        self._restart_tracking()
         self.d = problem.d
         if rod_state not in ROD_STATES:
             raise RodflowError(f"rod_flow rod_state must be one of {', '.join(ROD_STATES)}, got {rod_state!r}")
@@ -323,7 +321,14 @@ class RodFlow(Process):
     def _restart_tracking(self) -> None:
         """A (re)started rod tracks from scratch, as a new process would (gd-eigen, drift_seed)."""
         self.eig_basis, self.eig, self.eig_failures = None, None, 0
-        self.last_eig, self.drift_seeds = None, 0
+        self.last_eig, self.drift_seeds = None, 0  # drift_seed: (ηλ_i, centre) at the previous GD step
+
+    def _start_tracking(self) -> None:
+        """At time 0: fresh tracking, the first eigenpairs, and (drift_seed) their ηλ_i recorded."""
+        self._restart_tracking()
+        self._refresh_eigs()
+        if self.drift_seed:
+            self._seed_from_drift()
 
     def _refresh_eigs(self) -> None:
         """rate="gd-eigen": the top ``rate_eigs`` eigenpairs of H at the current centre (LOBPCG warm-started from
@@ -346,7 +351,10 @@ class RodFlow(Process):
         one), GD's period-2 amplitude made by its own drift: for a drift v per step along u_i and ηλ_i rising by k
         per step (N = 1/k), the exact solution of the 1-D linear recurrence gives A = v·√(2πN)·e^−2N at ηλ = 2
         (docs/rod_flow.md). δ's component along u_i is raised to A where it is smaller (its sign kept; + at 0);
-        the step's k is ηλ_i's change and v the centre's move along u_i over the last step. True if δ changed."""
+        the step's k is ηλ_i's change and v the centre's move along u_i over the last step. True if δ changed;
+        False without eigenpairs (every eigensolve so far failed)."""
+        if self.eig is None:
+            return False
         c = self.y[: self.d]
         U, lam = self.eig
         now = (self.lr * lam).tolist()
@@ -515,10 +523,7 @@ class RodFlow(Process):
         _, g0 = self.problem.loss_grad(w0)
         w1 = w0 - self.lr * g0
         self.y = torch.cat([0.5 * (w0 + w1), 0.5 * (w1 - w0)])
-        self._restart_tracking()
-        self._refresh_eigs()
-        if self.drift_seed and self.eig is not None:
-            self._seed_from_drift()  # records time 0
+        self._start_tracking()
         self.ode = self._integrator(self.y)
 
     def start_state(self, c: torch.Tensor, delta: torch.Tensor) -> None:
@@ -527,16 +532,13 @@ class RodFlow(Process):
             raise RodflowError("rod_flow.start_state takes a rod of plain GD; start other optimizers with start(w0)")
         self.t = 0
         self.y = torch.cat([c, delta]).to(self.problem.dtype)
-        self._restart_tracking()
-        self._refresh_eigs()
-        if self.drift_seed and self.eig is not None:
-            self._seed_from_drift()  # records time 0
+        self._start_tracking()
         self.ode = self._integrator(self.y)
 
     def advance(self):
         if self.t > 0 and self.rate == "gd-eigen":  # new eigenpairs at the centre of this step
             self._refresh_eigs()
-            if self.drift_seed and self.eig is not None and self._seed_from_drift():
+            if self.drift_seed and self._seed_from_drift():
                 self.ode = self._integrator(self.y, t0=float(self.t))  # δ was set: integrate on from the new rod
             else:
                 self.ode.field_changed()
