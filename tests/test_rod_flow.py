@@ -317,18 +317,24 @@ def test_simulate_records_rod_outputs_and_ends_match_gd_iterates(tmp_path):
     assert not {"rod_length", "rod_centre"} & {p.stem for p in plot_run(without, tmp_path / "without")}
 
 
-@pytest.mark.parametrize("opts", [{}, dict(correction="full"), dict(correction="both", rate="gd-multiplier")])
-def test_resume_from_state_dict_is_bit_identical(opts):
-    prob = problems.make("sharp-valley")
-    a = processes.make("rod_flow", prob, 0.3, **opts)
+def _resumed_pair(prob, lr, before, after, **opts):
+    """A rod run ``before`` steps, a second one loaded from its state, then both advanced ``after`` steps."""
+    a = processes.make("rod_flow", prob, lr, **opts)
     a.start(prob.w0)
-    for _ in range(7):
+    for _ in range(before):
         a.advance()
-    b = processes.make("rod_flow", prob, 0.3, **opts)
+    b = processes.make("rod_flow", prob, lr, **opts)
     b.load_state_dict(a.state_dict())
-    for _ in range(9):
+    loaded = (b.last_eig[0], b.last_eig[1].clone()) if getattr(b, "last_eig", None) is not None else None
+    for _ in range(after):
         a.advance()
         b.advance()
+    return a, b, loaded
+
+
+@pytest.mark.parametrize("opts", [{}, dict(correction="full"), dict(correction="both", rate="gd-multiplier")])
+def test_resume_from_state_dict_is_bit_identical(opts):
+    a, b, _ = _resumed_pair(problems.make("sharp-valley"), 0.3, 7, 9, **opts)
     assert torch.equal(a.y, b.y)
     assert a.observe().scalars == b.observe().scalars
 
@@ -451,20 +457,19 @@ def test_gd_eigen_on_a_short_rod_is_gd_multiplier_per_eigenvector_and_odd_in_del
     assert torch.allclose(g[p.d:], -f[p.d:], rtol=1e-9, atol=1e-15)
 
 
+def _tiny_mlp_lr(p):
+    """η = 1.9/S₀ on a tiny MLP: GD oscillates from the start."""
+    from rodflow.linalg.eigs import top_eigs
+
+    return 1.9 / float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9).values[0])
+
+
 def test_gd_eigen_resume_is_bit_identical_and_counts_failed_eigensolves(monkeypatch):
     p = _tiny_mlp(1)
     from rodflow.linalg.eigs import top_eigs
 
-    lr = 1.9 / float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9).values[0])
-    a = processes.make("rod_flow", p, lr, correction="both", rate="gd-eigen")
-    a.start(p.w0)
-    for _ in range(5):
-        a.advance()
-    b = processes.make("rod_flow", p, lr, correction="both", rate="gd-eigen")
-    b.load_state_dict(a.state_dict())
-    for _ in range(6):
-        a.advance()
-        b.advance()
+    lr = _tiny_mlp_lr(p)
+    a, b, _ = _resumed_pair(p, lr, 5, 6, correction="both", rate="gd-eigen")
     assert torch.equal(a.y, b.y)
     assert a.observe().scalars == b.observe().scalars
     assert a.observe().scalars["rate_eig_failures"] == 0.0
@@ -591,17 +596,9 @@ def test_drift_seed_in_advance_restarts_the_integration_from_the_seeded_rod():
 
 def test_drift_seed_state_resumes_bit_identical_and_bad_options_fail():
     p = _tiny_mlp(1)
-    from rodflow.linalg.eigs import top_eigs
-
-    lr = 1.9 / float(top_eigs(lambda V: p.hvp_block(p.w0, V), p.d, 1, tol=1e-9).values[0])
-    opts = dict(correction="both", rate="gd-eigen", drift_seed=True)
-    a = processes.make("rod_flow", p, lr, **opts)
-    a.start(p.w0)
-    for _ in range(4):
-        a.advance()
-    b = processes.make("rod_flow", p, lr, **opts)
-    b.load_state_dict(a.state_dict())
-    assert b.last_eig[0] == a.last_eig[0] and torch.equal(b.last_eig[1], a.last_eig[1])
+    lr = _tiny_mlp_lr(p)
+    a, b, loaded = _resumed_pair(p, lr, 4, 0, correction="both", rate="gd-eigen", drift_seed=True)
+    assert loaded[0] == a.last_eig[0] and torch.equal(loaded[1], a.last_eig[1])  # the drift history is restored
     for _ in range(4):
         a.advance()
         b.advance()
